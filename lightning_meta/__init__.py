@@ -1,0 +1,38 @@
+"""lightning-meta: meta-learning algorithms as PyTorch Lightning modules.
+
+Example::
+
+    import pytorch_lightning as pl
+    from lightning_meta import MAML, SinusoidDataModule
+    from lightning_meta.models import MLP
+
+    model = MAML(MLP(1, 1, (40, 40)), inner_lr=0.01, inner_steps=1, test_inner_steps=10)
+    trainer = pl.Trainer(max_epochs=5, inference_mode=False)
+    trainer.fit(model, SinusoidDataModule())
+"""
+
+from lightning_meta.algorithms import ANIL, MAML, MetaLearner, MetaSGD
+from lightning_meta.data import (
+    ClassImages,
+    EpisodicDataModule,
+    LinearDataModule,
+    SinusoidDataModule,
+)
+from lightning_meta.errors import ConfigurationError
+from lightning_meta.tasks import Task, TaskBatch
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ANIL",
+    "ClassImages",
+    "ConfigurationError",
+    "EpisodicDataModule",
+    "LinearDataModule",
+    "MAML",
+    "MetaLearner",
+    "MetaSGD",
+    "SinusoidDataModule",
+    "Task",
+    "TaskBatch",
+]

@@ -1,0 +1,8 @@
+"""Meta-learning algorithms as LightningModules."""
+
+from lightning_meta.algorithms.anil import ANIL
+from lightning_meta.algorithms.base import MetaLearner
+from lightning_meta.algorithms.maml import MAML
+from lightning_meta.algorithms.meta_sgd import MetaSGD
+
+__all__ = ["ANIL", "MAML", "MetaLearner", "MetaSGD"]

@@ -1,0 +1,353 @@
+"""``MetaLearner``: manual optimisation, task batching, episodic evaluation and logging.
+
+Every algorithm of lightning-meta is a subclass.  The base runs the outer loop the Lightning way
+(``automatic_optimization = False``; ``opt.zero_grad(); self.manual_backward(loss); opt.step()``),
+so mixed precision (loss scaling) and DDP (one gradient all-reduce per outer step) come from the
+Trainer, never from the algorithm.  A subclass says what one task costs and predicts:
+
+* :meth:`MetaLearner.training_objective` ``(params, support_x, support_y, query_x, query_y)
+  -> (meta_loss, query_predictions)``: one task's meta-loss, differentiable w.r.t. ``params`` (the
+  learner's parameters as a dict, ``dict(self.named_parameters())`` keys);
+* :meth:`MetaLearner.evaluate_task` ``(support_x, support_y, query_x, query_y)
+  -> (query_predictions, predictions_before_adaptation | None)``.
+
+The base batches tasks in a Python loop (one task's graph in memory at a time, one
+``manual_backward`` per task, DDP sync only on the last) or under ``torch.func.vmap`` (each task's
+meta-gradient inside vmap, handed to ``manual_backward`` as a surrogate), and evaluates fixed episode
+sets with mean and 95% confidence interval.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import time
+from typing import Any, Optional
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from pytorch_lightning.strategies import ParallelStrategy
+from pytorch_lightning.utilities import rank_zero_info
+from torch import Tensor, nn
+
+from lightning_meta.errors import ConfigurationError, optional_positive, require_positive
+from lightning_meta.inner_loop import Params, choose_batching, surrogate_loss, vmap_meta_gradients
+from lightning_meta.metrics import EpisodeResults, episode_scores, format_summary
+from lightning_meta.models.backbone import module_spec
+from lightning_meta.tasks import TaskBatch
+
+BATCHING = ("auto", "loop", "vmap")
+FIELD = "model.init_args."
+
+
+class MetaLearner(pl.LightningModule):
+    """Base class of meta-learners (see the module docstring for the contract).
+
+    Args:
+        outer_lr: learning rate of the default Adam outer optimiser (``--optimizer`` overrides it).
+        gradient_clip_val: clip the meta-gradient to this norm before each outer step (after AMP
+            unscaling).  Lightning refuses ``Trainer(gradient_clip_val=...)`` under manual
+            optimisation, so it lives here.
+        accumulate_grad_batches: outer step every this many meta-batches (replaces the Trainer flag).
+        batching: ``"loop"``, ``"vmap"`` or ``"auto"`` (vmap for small models without BatchNorm or
+            convolutions on CPU; see :func:`lightning_meta.inner_loop.choose_batching`).
+        chunk_size: in vmap mode, tasks vectorised at once (``None``: the whole meta-batch).
+
+    Example::
+
+        class MyLearner(MetaLearner):
+            def training_objective(self, params, sx, sy, qx, qy):
+                logits = torch.func.functional_call(self.net, sub_params(params, "net"), (qx,))
+                return F.cross_entropy(logits, qy), logits
+            def evaluate_task(self, sx, sy, qx, qy):
+                return self.net(qx), None
+    """
+
+    def __init__(
+        self,
+        outer_lr: float = 1e-3,
+        gradient_clip_val: Optional[float] = None,
+        accumulate_grad_batches: int = 1,
+        batching: str = "auto",
+        chunk_size: Optional[int] = None,
+    ):
+        super().__init__()
+        self.automatic_optimization = False
+        require_positive(FIELD + "outer_lr", outer_lr, integer=False)
+        optional_positive(FIELD + "gradient_clip_val", gradient_clip_val, integer=False)
+        require_positive(FIELD + "accumulate_grad_batches", accumulate_grad_batches)
+        optional_positive(FIELD + "chunk_size", chunk_size)
+        if batching not in BATCHING:
+            raise ConfigurationError(f"{FIELD}batching={batching!r} is unknown: choose one of {', '.join(BATCHING)}")
+        self.outer_lr = outer_lr
+        self.gradient_clip_val = gradient_clip_val
+        self.accumulate_grad_batches = accumulate_grad_batches
+        self.batching = batching
+        self.chunk_size = chunk_size
+        self.results = nn.ModuleDict({"val": EpisodeResults(), "test": EpisodeResults()})
+        self._last_step_end: Optional[float] = None
+        self.save_hyperparameters()
+        self._make_hparams_primitive()
+
+    # ------------------------------------------------------------------ the subclass contract
+    def training_objective(self, params: Params, support_x: Tensor, support_y: Tensor, query_x: Tensor,
+                           query_y: Tensor) -> tuple[Tensor, Tensor]:
+        """One task's meta-loss (differentiable w.r.t. ``params``) and its query predictions."""
+        raise NotImplementedError
+
+    def evaluate_task(self, support_x: Tensor, support_y: Tensor, query_x: Tensor,
+                      query_y: Tensor) -> tuple[Tensor, Optional[Tensor]]:
+        """Query predictions of one task after adaptation, and before it (or ``None``)."""
+        raise NotImplementedError
+
+    def loss(self, predictions: Tensor, targets: Tensor) -> Tensor:
+        """Cross-entropy for integer labels, mean squared error for float targets."""
+        if targets.is_floating_point():
+            return F.mse_loss(predictions, targets)
+        return F.cross_entropy(predictions, targets)
+
+    # ------------------------------------------------------------------ task batching
+    @property
+    def batching_mode(self) -> str:
+        """The resolved batching mode (``"auto"`` decided for this module and device)."""
+        return choose_batching(self, self.device) if self.batching == "auto" else self.batching
+
+    def meta_parameters(self) -> Params:
+        """The parameters the outer loop trains, keyed as in ``named_parameters``."""
+        return {name: p for name, p in self.named_parameters() if p.requires_grad}
+
+    def outer_backward(self, batch: TaskBatch, sync: bool = True, scale: float = 1.0) -> tuple[Tensor, Tensor]:
+        """Accumulate ``scale`` times the mean meta-gradient of ``batch`` into ``.grad``.
+
+        Returns the per-task meta-losses and query predictions (detached).  ``sync=False`` skips
+        the DDP all-reduce (gradient accumulation).
+        """
+        params = self.meta_parameters()
+        tasks = batch.tensors()
+        if self.batching_mode == "vmap":
+            grads, losses, predictions = vmap_meta_gradients(self.training_objective, params, tasks, self.chunk_size)
+            self._check_finite(losses)
+            with self._backward_sync(sync):
+                self.manual_backward(surrogate_loss(params, grads) * scale)
+            return losses, predictions
+        losses, predictions = [], []
+        count = batch.num_tasks
+        for i in range(count):
+            loss, prediction = self.training_objective(params, *(t[i] for t in tasks))
+            self._check_finite(loss.detach().reshape(1))
+            with self._backward_sync(sync and i == count - 1):
+                self.manual_backward(loss * (scale / count))
+            losses.append(loss.detach())
+            predictions.append(prediction.detach())
+        return torch.stack(losses), torch.stack(predictions)
+
+    def evaluate_batch(self, batch: TaskBatch) -> tuple[Tensor, Optional[Tensor]]:
+        """Query predictions ``[B, M, ...]`` after (and before) adaptation for every task."""
+        tasks = batch.tensors()
+        if self.batching_mode == "vmap":
+            return torch.func.vmap(self.evaluate_task, chunk_size=self.chunk_size)(*tasks)
+        outputs = [self.evaluate_task(*(t[i] for t in tasks)) for i in range(batch.num_tasks)]
+        after = torch.stack([o[0] for o in outputs])
+        before = None if outputs[0][1] is None else torch.stack([o[1] for o in outputs])
+        return after, before
+
+    def _backward_sync(self, sync: bool):
+        strategy = self.trainer.strategy
+        if sync or not isinstance(strategy, ParallelStrategy):
+            return contextlib.nullcontext()
+        return strategy.block_backward_sync()
+
+    def _check_finite(self, losses: Tensor) -> None:
+        if not torch.isfinite(losses).all():
+            raise FloatingPointError(
+                f"meta-loss is not finite ({losses.tolist()}) at global step {self.global_step} (epoch "
+                f"{self.current_epoch}); training stopped before the outer update, so the weights are not NaN. "
+                f"Lower {FIELD}outer_lr or the inner learning rate, or set {FIELD}gradient_clip_val.")
+
+    # ------------------------------------------------------------------ Lightning: training
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=self.outer_lr)
+
+    def training_step(self, batch: TaskBatch, batch_idx: int) -> Tensor:
+        optimizer = self.optimizers()
+        accumulate = self.accumulate_grad_batches
+        step_now = (batch_idx + 1) % accumulate == 0 or self.trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+        losses, predictions = self.outer_backward(batch, sync=step_now, scale=1.0 / accumulate)
+        if step_now:
+            optimizer.step()
+            optimizer.zero_grad()
+            self._step_schedulers("step")
+        self._log_training(batch, losses, predictions)
+        return losses.mean()
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        if self.gradient_clip_val:
+            self.clip_gradients(optimizer, gradient_clip_val=self.gradient_clip_val, gradient_clip_algorithm="norm")
+
+    def on_train_epoch_end(self) -> None:
+        self._step_schedulers("epoch")
+
+    def _step_schedulers(self, interval: str) -> None:
+        for config in self.trainer.lr_scheduler_configs:
+            if config.interval != interval:
+                continue
+            count = self.trainer.global_step if interval == "step" else self.current_epoch + 1
+            if count % config.frequency:
+                continue
+            if config.reduce_on_plateau:
+                monitor = self.trainer.callback_metrics.get(config.monitor)
+                if monitor is not None:
+                    config.scheduler.step(monitor)
+            else:
+                config.scheduler.step()
+
+    def _log_training(self, batch: TaskBatch, losses: Tensor, predictions: Tensor) -> None:
+        scores = episode_scores(predictions, batch.query_y)
+        size = batch.num_tasks
+        self.log("train/loss", losses.mean(), prog_bar=True, on_step=True, on_epoch=True, batch_size=size)
+        metric = "mse" if batch.is_regression else "acc"
+        self.log(f"train/{metric}", scores[metric].mean(), prog_bar=True, on_step=True, on_epoch=True,
+                 batch_size=size)
+        now = time.perf_counter()
+        if self._last_step_end is not None:
+            tasks = size * self.trainer.world_size
+            self.log("train/tasks_per_s", tasks / max(now - self._last_step_end, 1e-9), on_step=True,
+                     on_epoch=False, batch_size=size)
+        self._last_step_end = now
+
+    def on_train_epoch_start(self) -> None:
+        self._last_step_end = None
+
+    # ------------------------------------------------------------------ Lightning: evaluation
+    def validation_step(self, batch: TaskBatch, batch_idx: int) -> None:
+        self._evaluate(batch, "val")
+
+    def test_step(self, batch: TaskBatch, batch_idx: int) -> None:
+        self._evaluate(batch, "test")
+
+    def on_validation_epoch_start(self) -> None:
+        self.results["val"].reset()
+
+    def on_test_epoch_start(self) -> None:
+        self.results["test"].reset()
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_results("val")
+
+    def on_test_epoch_end(self) -> None:
+        summary = self._log_results("test")
+        if summary:
+            rank_zero_info(format_summary("test", summary, self.results["test"].count()))
+
+    def _evaluate(self, batch: TaskBatch, stage: str) -> None:
+        if torch.is_inference_mode_enabled():
+            raise RuntimeError(
+                f"{type(self).__name__} adapts to each {stage} task with gradients, which inference mode forbids:"
+                " build the Trainer with inference_mode=False (the lightning-meta CLI does this by default)")
+        with torch.enable_grad():
+            after, before = self.evaluate_batch(batch)
+        values = episode_scores(after, batch.query_y)
+        if before is not None:
+            values.update({f"{name}_before": v for name, v in episode_scores(before, batch.query_y).items()})
+        index = batch.index if batch.index is not None else torch.arange(batch.num_tasks, device=after.device)
+        keep = index >= 0
+        self.results[stage].update({k: v[keep] for k, v in values.items()}, index[keep])
+
+    def _log_results(self, stage: str) -> dict[str, tuple[float, float]]:
+        results = self.results[stage]
+        if not results.names:
+            return {}
+        summary = results.compute()
+        for name, (mean, ci95) in summary.items():
+            self.log(f"{stage}/{name}", mean, prog_bar=name in ("acc", "mse"), sync_dist=False)
+            if not name.startswith("loss"):
+                self.log(f"{stage}/{name}_ci95", ci95, sync_dist=False)
+        return summary
+
+    # ------------------------------------------------------------------ checks and checkpoints
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is not None and hasattr(datamodule, "source"):
+            split = "train" if stage == "fit" else ("val" if stage == "validate" else "test")
+            self.check_data(datamodule, split)
+
+    def check_data(self, datamodule: Any, split: str) -> None:
+        """Fail before training when the learner cannot take the data's episodes.
+
+        The default draws one episode and runs :meth:`evaluate_task`'s forward pass on it without
+        adaptation via :meth:`probe`; subclasses with stronger assumptions extend it.
+        """
+        ways, shots, queries = datamodule.setting(split)
+        task = datamodule.source(split).sample(torch.Generator().manual_seed(0), ways, shots, queries)
+        try:
+            with torch.no_grad():
+                output = self.probe(task.support_x.to(self.device))
+        except RuntimeError as error:
+            raise ConfigurationError(
+                f"the model cannot take the '{split}' inputs of shape {list(task.support_x.shape[1:])}: {error}. "
+                "Match the backbone's input arguments (in_channels, image_size, in_features) to the data") from error
+        if output is None:
+            return
+        if task.support_y.is_floating_point():
+            if output.shape[-1] != task.support_y.shape[-1]:
+                raise ConfigurationError(
+                    f"the model predicts {output.shape[-1]} values per point but the targets have "
+                    f"{task.support_y.shape[-1]}: set the backbone's out_features to {task.support_y.shape[-1]}")
+        elif output.shape[-1] < ways:
+            prefix = "" if split == "train" else "test_"
+            raise ConfigurationError(
+                f"the model outputs {output.shape[-1]} classes but data.init_args.{prefix}ways={ways}: set the "
+                f"backbone's out_features to at least {ways} (model.init_args.backbone.init_args.out_features)")
+
+    def probe(self, x: Tensor) -> Optional[Tensor]:
+        """A forward pass on a batch of inputs, used by :meth:`check_data` (``None``: skip the checks)."""
+        return None
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["rng_states"] = _rng_states()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Restore the RNG only when a Trainer resumes, never on a plain load_from_checkpoint.
+        if self._trainer is not None and "rng_states" in checkpoint:
+            _set_rng_states(checkpoint["rng_states"])
+
+    def _make_hparams_primitive(self) -> None:
+        """Replace module-valued hyper-parameters by ``{"class_path", "init_args"}`` specs.
+
+        Checkpoints are reloaded with ``torch.load(weights_only=True)`` by the CLI; a module in the
+        hyper-parameters would not load.  A module that cannot be described is dropped (pass it
+        again to ``load_from_checkpoint``).
+        """
+        for name in list(self.hparams):
+            value = self.hparams[name]
+            if isinstance(value, nn.Module):
+                spec = module_spec(value)
+                if spec is None:
+                    del self.hparams[name]
+                else:
+                    self.hparams[name] = spec
+
+
+def _rng_states() -> dict[str, Any]:
+    """The global RNG states as tensors and primitives (checkpoints load with ``weights_only=True``)."""
+    kind, keys, position, has_gauss, gauss = np.random.get_state()
+    states: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, gauss],
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def _set_rng_states(states: dict[str, Any]) -> None:
+    torch.set_rng_state(states["torch"])
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, position, has_gauss, gauss = states["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, gauss))
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])

@@ -1,0 +1,154 @@
+"""MAML (Finn et al. 2017), first-order MAML, and the MAML++ options (Antoniou et al. 2019)."""
+
+from __future__ import annotations
+
+from typing import Optional, Union
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from lightning_meta.algorithms.base import FIELD, MetaLearner
+from lightning_meta.errors import ConfigurationError, optional_positive, require_positive
+from lightning_meta.inner_loop import (
+    STEP_SIZE_KINDS,
+    Forward,
+    Params,
+    StepSizes,
+    adapt,
+    multi_step_weights,
+    sub_params,
+)
+from lightning_meta.models.backbone import build_module
+
+
+class MAML(MetaLearner):
+    """Model-Agnostic Meta-Learning: learn an initialisation that adapts in a few gradient steps.
+
+    Each task adapts the backbone with ``inner_steps`` steps of SGD (``inner_lr``) on its support
+    set; the meta-loss is the adapted model's loss on the query set, differentiated through the
+    adaptation (second order) or not (``first_order=True``, FOMAML).  Evaluation adapts with
+    ``test_inner_steps`` steps from the meta-learned weights and reports the query accuracy (or
+    MSE) before and after adaptation.
+
+    MAML++ options: ``step_sizes="per_layer_per_step"`` (learned per-layer per-step rates, LSLR),
+    ``multi_step_loss=True`` (query loss after every step, annealed towards the last over
+    ``multi_step_loss_epochs``), ``first_order_epochs`` (first-order for the first epochs).
+    BatchNorm in the backbone uses the statistics of each batch, as MAML does.
+
+    Args:
+        backbone: the learner, e.g. ``Conv4`` or ``MLP`` (or a ``{"class_path", "init_args"}`` dict).
+        inner_lr: inner-loop step size (initial value when learned).
+        inner_steps: inner-loop steps in meta-training.
+        test_inner_steps: inner-loop steps at validation and test (default: ``inner_steps``).
+        first_order: drop second-order terms of the meta-gradient (FOMAML).
+        step_sizes: ``"fixed"``, ``"per_parameter"`` (Meta-SGD) or ``"per_layer_per_step"`` (MAML++).
+        Remaining arguments: see :class:`~lightning_meta.algorithms.base.MetaLearner`.
+
+    Hooks to override: :meth:`inner_loss` (the support loss adapted on), :meth:`query_loss` (the
+    meta-objective), :meth:`prepare_task` (what is adapted and on which inputs).
+
+    References:
+        Finn, Abbeel, Levine. "Model-Agnostic Meta-Learning for Fast Adaptation of Deep Networks." ICML 2017.
+        Antoniou, Edwards, Storkey. "How to train your MAML." ICLR 2019.
+
+    Example::
+
+        from lightning_meta import MAML
+        from lightning_meta.models import MLP
+        from lightning_meta.data import SinusoidDataModule
+
+        model = MAML(MLP(1, 1, (40, 40)), inner_lr=0.01, inner_steps=1, test_inner_steps=10)
+        pl.Trainer(max_epochs=10, inference_mode=False).fit(model, SinusoidDataModule())
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        inner_lr: float = 0.4,
+        inner_steps: int = 1,
+        test_inner_steps: Optional[int] = None,
+        first_order: bool = False,
+        step_sizes: str = "fixed",
+        multi_step_loss: bool = False,
+        multi_step_loss_epochs: int = 10,
+        first_order_epochs: int = 0,
+        outer_lr: float = 1e-3,
+        gradient_clip_val: Optional[float] = None,
+        accumulate_grad_batches: int = 1,
+        batching: str = "auto",
+        chunk_size: Optional[int] = None,
+    ):
+        super().__init__(outer_lr, gradient_clip_val, accumulate_grad_batches, batching, chunk_size)
+        require_positive(FIELD + "inner_lr", inner_lr, integer=False)
+        require_positive(FIELD + "inner_steps", inner_steps)
+        optional_positive(FIELD + "test_inner_steps", test_inner_steps)
+        require_positive(FIELD + "multi_step_loss_epochs", multi_step_loss_epochs)
+        require_positive(FIELD + "first_order_epochs", first_order_epochs, allow_zero=True)
+        if step_sizes not in STEP_SIZE_KINDS:
+            raise ConfigurationError(
+                f"{FIELD}step_sizes={step_sizes!r} is unknown: choose one of {', '.join(STEP_SIZE_KINDS)}")
+        self.model = build_module(backbone)
+        self.inner_lr = inner_lr
+        self.inner_steps = inner_steps
+        self.test_inner_steps = test_inner_steps or inner_steps
+        self.first_order = first_order
+        self.multi_step_loss = multi_step_loss
+        self.multi_step_loss_epochs = multi_step_loss_epochs
+        self.first_order_epochs = first_order_epochs
+        shapes = {name: p.shape for name, p in self.model.named_parameters() if self.is_adapted(name)}
+        if not shapes:
+            raise ConfigurationError(f"{type(self).__name__} adapts no parameter of the backbone")
+        self.step_sizes = StepSizes(shapes, inner_steps, inner_lr, step_sizes)
+
+    # ------------------------------------------------------------------ hooks
+    def is_adapted(self, name: str) -> bool:
+        """Whether backbone parameter ``name`` is adapted in the inner loop (all of them in MAML)."""
+        return True
+
+    def inner_loss(self, predictions: Tensor, targets: Tensor) -> Tensor:
+        """The support-set loss the inner loop descends (cross-entropy or MSE)."""
+        return self.loss(predictions, targets)
+
+    def query_loss(self, predictions: Tensor, targets: Tensor) -> Tensor:
+        """The query-set loss after adaptation: the meta-objective."""
+        return self.loss(predictions, targets)
+
+    def prepare_task(self, params: Params, support_x: Tensor, query_x: Tensor) -> tuple[Params, Forward, Tensor, Tensor]:
+        """Split the backbone for one task: ``(fast weights, forward(fast, inputs), support inputs, query inputs)``.
+
+        MAML adapts every weight on the raw inputs; ANIL overrides this to adapt the head on body
+        features computed once.
+        """
+        return params, lambda p, x: functional_call(self.model, p, (x,)), support_x, query_x
+
+    # ------------------------------------------------------------------ the MetaLearner contract
+    @property
+    def uses_first_order(self) -> bool:
+        return self.first_order or self.current_epoch < self.first_order_epochs
+
+    def training_objective(self, params: Params, support_x: Tensor, support_y: Tensor, query_x: Tensor,
+                           query_y: Tensor) -> tuple[Tensor, Tensor]:
+        fast, forward, support_in, query_in = self.prepare_task(sub_params(params, "model"), support_x, query_x)
+        trajectory = adapt(forward, fast, support_in, support_y, loss_fn=self.inner_loss, steps=self.inner_steps,
+                           step_size=self.step_sizes.bind(sub_params(params, "step_sizes")),
+                           first_order=self.uses_first_order)
+        predictions = forward(trajectory[-1], query_in)
+        if not self.multi_step_loss:
+            return self.query_loss(predictions, query_y), predictions
+        weights = multi_step_weights(self.inner_steps, self.current_epoch, self.multi_step_loss_epochs)
+        losses = [self.query_loss(forward(p, query_in), query_y) for p in trajectory[1:-1]]
+        losses.append(self.query_loss(predictions, query_y))
+        return sum(w * loss for w, loss in zip(weights.tolist(), losses)), predictions
+
+    def evaluate_task(self, support_x: Tensor, support_y: Tensor, query_x: Tensor,
+                      query_y: Tensor) -> tuple[Tensor, Tensor]:
+        params = {name: p.detach() for name, p in self.named_parameters()}
+        fast, forward, support_in, query_in = self.prepare_task(sub_params(params, "model"), support_x, query_x)
+        trajectory = adapt(forward, fast, support_in, support_y, loss_fn=self.inner_loss,
+                           steps=self.test_inner_steps, step_size=self.step_sizes.bind(sub_params(params, "step_sizes")),
+                           first_order=True)
+        return forward(trajectory[-1], query_in).detach(), forward(fast, query_in).detach()
+
+    def probe(self, x: Tensor) -> Union[Tensor, None]:
+        return self.model(x)

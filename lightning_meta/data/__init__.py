@@ -1,0 +1,25 @@
+"""Episodic data: N-way K-shot tasks from image classes or function families."""
+
+from lightning_meta.data.class_images import ClassImages
+from lightning_meta.data.datamodule import EpisodicDataModule
+from lightning_meta.data.episodes import EpisodeLoader, EpisodeStream, episode_generator
+from lightning_meta.data.regression import (
+    LinearDataModule,
+    LinearTasks,
+    RegressionDataModule,
+    SinusoidDataModule,
+    SinusoidTasks,
+)
+
+__all__ = [
+    "ClassImages",
+    "EpisodeLoader",
+    "EpisodeStream",
+    "EpisodicDataModule",
+    "LinearDataModule",
+    "LinearTasks",
+    "RegressionDataModule",
+    "SinusoidDataModule",
+    "SinusoidTasks",
+    "episode_generator",
+]

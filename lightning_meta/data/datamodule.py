@@ -1,0 +1,172 @@
+"""``EpisodicDataModule``: N-way K-shot tasks for meta-training, validation and test."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import pytorch_lightning as pl
+
+from lightning_meta.data.episodes import EpisodeLoader, EpisodeSource, EpisodeStream, eval_plan, train_plan
+from lightning_meta.errors import ConfigurationError, optional_positive, require_positive
+
+FIELD = "data.init_args."
+
+
+class EpisodicDataModule(pl.LightningDataModule):
+    """Serves :class:`~lightning_meta.tasks.TaskBatch` meta-batches of N-way K-shot tasks.
+
+    Subclasses provide the classes of each split by implementing :meth:`load_split`; this class
+    draws addressable episodes from them (see :mod:`lightning_meta.data.episodes`), splits each
+    meta-batch across processes, and rejects impossible settings before training.
+
+    Args:
+        ways, shots, queries: the training episodes (N classes, K support and Q query samples each).
+        test_ways, test_shots, test_queries: validation and test episodes (default: as training).
+        meta_batch_size: tasks per outer step, summed over all processes (each of ``W`` processes
+            draws ``meta_batch_size / W`` of them).
+        episodes_per_epoch: training tasks per epoch (``episodes_per_epoch // meta_batch_size`` steps).
+        val_episodes, test_episodes: sizes of the fixed, seeded validation and test sets.
+        num_workers: loader processes building batches (0 builds them in the main process).
+        seed: the seed every episode is drawn from.
+
+    Example::
+
+        class MyTasks(EpisodicDataModule):
+            def load_split(self, split):
+                return ClassImages.from_array(my_arrays[split])
+
+        dm = MyTasks(ways=5, shots=1, queries=15, meta_batch_size=32)
+    """
+
+    is_regression = False
+    splits_needed = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
+
+    def __init__(
+        self,
+        ways: int = 5,
+        shots: int = 1,
+        queries: int = 15,
+        test_ways: Optional[int] = None,
+        test_shots: Optional[int] = None,
+        test_queries: Optional[int] = None,
+        meta_batch_size: int = 32,
+        episodes_per_epoch: int = 3200,
+        val_episodes: int = 320,
+        test_episodes: int = 600,
+        num_workers: int = 0,
+        seed: int = 0,
+    ):
+        super().__init__()
+        for name, value in (("ways", ways), ("shots", shots), ("queries", queries),
+                            ("meta_batch_size", meta_batch_size), ("episodes_per_epoch", episodes_per_epoch),
+                            ("val_episodes", val_episodes), ("test_episodes", test_episodes)):
+            require_positive(FIELD + name, value)
+        for name, value in (("test_ways", test_ways), ("test_shots", test_shots), ("test_queries", test_queries)):
+            optional_positive(FIELD + name, value)
+        require_positive(FIELD + "num_workers", num_workers, allow_zero=True)
+        if not isinstance(seed, int):
+            raise ConfigurationError(f"{FIELD}seed={seed!r} must be an integer")
+        if episodes_per_epoch < meta_batch_size:
+            raise ConfigurationError(
+                f"{FIELD}episodes_per_epoch={episodes_per_epoch} is smaller than {FIELD}meta_batch_size="
+                f"{meta_batch_size}: an epoch needs at least one meta-batch; raise episodes_per_epoch")
+        self.ways, self.shots, self.queries = ways, shots, queries
+        self.test_ways = test_ways or ways
+        self.test_shots = test_shots or shots
+        self.test_queries = test_queries or queries
+        self.meta_batch_size = meta_batch_size
+        self.episodes_per_epoch = episodes_per_epoch
+        self.val_episodes, self.test_episodes = val_episodes, test_episodes
+        self.num_workers, self.seed = num_workers, seed
+        self.sources: dict[str, EpisodeSource] = {}
+
+    # ----------------------------------------------------------------- subclass hooks
+    def load_split(self, split: str) -> EpisodeSource:
+        """The episode source of ``split`` ("train", "val" or "test").
+
+        Implementations should call :meth:`check_split` as soon as the number of classes and
+        samples is known (from a file listing), before decoding anything.
+        """
+        raise NotImplementedError
+
+    # ----------------------------------------------------------------- settings
+    def setting(self, split: str) -> tuple[int, int, int]:
+        """``(ways, shots, queries)`` of the episodes of ``split``."""
+        if split == "train":
+            return self.ways, self.shots, self.queries
+        return self.test_ways, self.test_shots, self.test_queries
+
+    def check_split(self, split: str, num_classes: int, min_samples: Optional[int]) -> None:
+        """Reject episodes that ``split`` cannot supply, naming the field to change."""
+        ways, shots, queries = self.setting(split)
+        prefix = "" if split == "train" else "test_"
+        if num_classes < ways:
+            raise ConfigurationError(
+                f"{FIELD}{prefix}ways={ways} asks for more classes than the {num_classes} of the '{split}' split:"
+                f" set {prefix}ways <= {num_classes}, or give the split more classes")
+        if min_samples is not None and shots + queries > min_samples:
+            raise ConfigurationError(
+                f"{FIELD}{prefix}shots + {prefix}queries = {shots} + {queries} = {shots + queries} exceeds the"
+                f" {min_samples} samples of the smallest class of the '{split}' split: lower {prefix}shots or"
+                f" {prefix}queries so that they sum to at most {min_samples}")
+
+    @property
+    def world(self) -> tuple[int, int]:
+        """``(rank, world_size)`` of this process, from the attached Trainer."""
+        trainer = self.trainer
+        if trainer is None:
+            return 0, 1
+        return trainer.global_rank, trainer.world_size
+
+    def per_rank_batch(self) -> int:
+        rank, world_size = self.world
+        if self.meta_batch_size % world_size:
+            raise ConfigurationError(
+                f"{FIELD}meta_batch_size={self.meta_batch_size} does not divide across {world_size} processes"
+                f" (devices x nodes): choose a multiple of {world_size}")
+        return self.meta_batch_size // world_size
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.episodes_per_epoch // self.meta_batch_size
+
+    # ----------------------------------------------------------------- Lightning hooks
+    def setup(self, stage: Optional[str] = None) -> None:
+        self.per_rank_batch()
+        for split in self.splits_needed.get(stage or "fit", ("train", "val", "test")):
+            self.source(split)
+
+    def source(self, split: str) -> EpisodeSource:
+        """The loaded (and checked) source of ``split``, loaded on first use."""
+        if split not in self.sources:
+            source = self.load_split(split)
+            self.check_split(split, source.num_classes, source.min_samples)
+            self.sources[split] = source
+        return self.sources[split]
+
+    def train_dataloader(self) -> EpisodeLoader:
+        rank, world_size = self.world
+        plan = train_plan(self.steps_per_epoch, self.meta_batch_size, rank, world_size)
+        stream = EpisodeStream(self.source("train"), "train", plan, *self.setting("train"), seed=self.seed, epoch=0)
+        clock = self._training_clock if self.trainer is not None else None
+        return EpisodeLoader(stream, self.num_workers, self._pin_memory(), clock=clock)
+
+    def val_dataloader(self) -> EpisodeLoader:
+        return self._eval_loader("val", self.val_episodes)
+
+    def test_dataloader(self) -> EpisodeLoader:
+        return self._eval_loader("test", self.test_episodes)
+
+    def _eval_loader(self, split: str, episodes: int) -> EpisodeLoader:
+        rank, world_size = self.world
+        plan = eval_plan(episodes, self.per_rank_batch(), rank, world_size)
+        stream = EpisodeStream(self.source(split), split, plan, *self.setting(split), seed=self.seed)
+        return EpisodeLoader(stream, self.num_workers, self._pin_memory())
+
+    def _training_clock(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_progress.current.processed
+
+    def _pin_memory(self) -> bool:
+        trainer = self.trainer
+        return trainer is not None and trainer.strategy.root_device.type == "cuda"

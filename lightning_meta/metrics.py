@@ -1,0 +1,121 @@
+"""Per-episode evaluation results: mean and 95% confidence interval over episodes.
+
+Few-shot results are reported as the mean over a fixed set of test episodes with a 95% confidence
+interval, ``1.96 * std / sqrt(episodes)``.  :class:`EpisodeResults` keeps one row per episode (so
+results can be written per episode and paired across algorithms) and gathers the rows of all
+processes under DDP, as any torchmetrics ``Metric`` does.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+import torchmetrics
+from torch import Tensor
+
+
+def episode_scores(predictions: Tensor, targets: Tensor) -> dict[str, Tensor]:
+    """Per-episode loss and score of query predictions ``[B, M, C]`` against targets.
+
+    Classification (integer targets ``[B, M]``): ``loss`` (cross-entropy) and ``acc`` (fraction
+    correct).  Regression (float targets ``[B, M, D]``): ``loss`` and ``mse`` (the same number).
+    """
+    predictions = predictions.float()
+    if targets.is_floating_point():
+        mse = ((predictions - targets.float()) ** 2).flatten(1).mean(1)
+        return {"loss": mse, "mse": mse}
+    loss = F.cross_entropy(predictions.flatten(0, 1), targets.flatten(), reduction="none")
+    acc = (predictions.argmax(-1) == targets).float().mean(1)
+    return {"loss": loss.view(targets.shape).mean(1), "acc": acc}
+
+
+def mean_and_ci95(values: Tensor) -> tuple[float, float]:
+    """Mean and half-width of the normal 95% confidence interval of the mean."""
+    values = values.double()
+    n = values.numel()
+    if n == 0:
+        return math.nan, math.nan
+    mean = values.mean().item()
+    if n < 2:
+        return mean, 0.0
+    return mean, 1.96 * values.std(unbiased=True).item() / math.sqrt(n)
+
+
+class EpisodeResults(torchmetrics.Metric):
+    """Named per-episode values (``acc``, ``loss``, ``acc_before``, ...) collected over an evaluation.
+
+    Example::
+
+        results = EpisodeResults()
+        results.update({"acc": torch.tensor([0.8, 0.6])}, index=torch.tensor([0, 1]))
+        results.summary()      # {"acc": (0.7, 0.196), }
+        results.rows()         # [{"episode": 0, "acc": 0.8}, {"episode": 1, "acc": 0.6}]
+    """
+
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.names: list[str] = []
+        self.add_state("table", default=[], dist_reduce_fx="cat")
+        self.add_state("episodes", default=[], dist_reduce_fx="cat")
+
+    def update(self, values: dict[str, Tensor], index: Optional[Tensor] = None) -> None:
+        names = sorted(values)
+        if self.names and names != self.names:
+            raise ValueError(f"EpisodeResults got columns {names} after {self.names}")
+        self.names = names
+        column = torch.stack([values[name].detach().double().reshape(-1) for name in names], dim=1)
+        if index is None:
+            index = torch.full((column.shape[0],), -1, dtype=torch.long, device=column.device)
+        self.table.append(column)
+        self.episodes.append(index.to(column.device).long())
+
+    def _gathered(self) -> tuple[Tensor, Tensor]:
+        table, episodes = self.table, self.episodes
+        if isinstance(table, list):  # not synced (single process) or nothing collected
+            if not table:
+                return torch.zeros(0, len(self.names), dtype=torch.float64), torch.zeros(0, dtype=torch.long)
+            return torch.cat(table), torch.cat(episodes)
+        return table, episodes
+
+    def compute(self) -> dict[str, tuple[float, float]]:
+        table, _ = self._gathered()
+        return {name: mean_and_ci95(table[:, i]) for i, name in enumerate(self.names)}
+
+    def summary(self) -> dict[str, tuple[float, float]]:
+        """``{name: (mean, ci95)}`` over the episodes of all processes."""
+        return self.compute()
+
+    def rows(self) -> list[dict[str, float]]:
+        """One dict per episode (of all processes), sorted by episode index."""
+        with self.sync_context():
+            table, episodes = self._gathered()
+        order = torch.argsort(episodes, stable=True)
+        return [
+            {"episode": int(episodes[i]), **{name: float(table[i, j]) for j, name in enumerate(self.names)}}
+            for i in order.tolist()
+        ]
+
+    def count(self) -> int:
+        """Episodes collected (of all processes)."""
+        with self.sync_context():
+            return int(self._gathered()[0].shape[0])
+
+
+def format_summary(stage: str, summary: dict[str, tuple[float, float]], episodes: int,
+                   order: Sequence[str] = ("acc_before", "acc", "mse_before", "mse", "loss")) -> str:
+    """A one-line human summary; accuracies in percent, others as they are."""
+    parts = []
+    for name in order:
+        if name not in summary:
+            continue
+        mean, ci = summary[name]
+        if name.startswith("acc"):
+            parts.append(f"{stage}/{name} = {100 * mean:.2f}% ± {100 * ci:.2f}%")
+        else:
+            parts.append(f"{stage}/{name} = {mean:.4f} ± {ci:.4f}")
+    return f"{stage}: " + ", ".join(parts) + f" (95% CI over {episodes} episodes)"

@@ -1,0 +1,85 @@
+"""The episodic batch every meta-learner consumes.
+
+A meta-batch of ``B`` tasks is one :class:`TaskBatch`, its tensors stacked along dim 0::
+
+    support_x [B, N*K, ...]   support_y [B, N*K]      (classification: labels 0..N-1 per task)
+    query_x   [B, N*Q, ...]   query_y   [B, N*Q]
+                              support_y [B, K, D]     (regression: float targets)
+
+``index`` holds each task's episode number, so evaluation results can be paired across
+algorithms and written per episode.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import NamedTuple, Optional, Sequence
+
+import torch
+from torch import Tensor
+
+
+class Task(NamedTuple):
+    """One episode: a support set to adapt on and a query set to evaluate on."""
+
+    support_x: Tensor
+    support_y: Tensor
+    query_x: Tensor
+    query_y: Tensor
+
+
+@dataclass
+class TaskBatch:
+    """``B`` tasks stacked along dim 0 (Lightning moves a dataclass of tensors to the device).
+
+    Example::
+
+        batch = TaskBatch.stack([task_a, task_b], index=[0, 1])
+        batch.num_tasks        # 2
+        batch[0]               # Task(support_x=..., ...)
+    """
+
+    support_x: Tensor
+    support_y: Tensor
+    query_x: Tensor
+    query_y: Tensor
+    index: Optional[Tensor] = None
+
+    @classmethod
+    def stack(cls, tasks: Sequence[Task], index: Optional[Sequence[int]] = None) -> "TaskBatch":
+        columns = zip(*tasks)
+        stacked = [torch.stack(column) for column in columns]
+        ids = None if index is None else torch.as_tensor(list(index), dtype=torch.long)
+        return cls(*stacked, index=ids)
+
+    @property
+    def num_tasks(self) -> int:
+        return self.support_x.shape[0]
+
+    @property
+    def is_regression(self) -> bool:
+        """Float targets mean regression; integer labels mean classification."""
+        return self.support_y.is_floating_point()
+
+    @property
+    def ways(self) -> int:
+        """Classes per task (1 for regression)."""
+        if self.is_regression:
+            return 1
+        return int(self.support_y.max().item()) + 1
+
+    def __getitem__(self, i: int) -> Task:
+        return Task(self.support_x[i], self.support_y[i], self.query_x[i], self.query_y[i])
+
+    def __iter__(self):
+        return (self[i] for i in range(self.num_tasks))
+
+    def tensors(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        return self.support_x, self.support_y, self.query_x, self.query_y
+
+    def split(self, size: int) -> list["TaskBatch"]:
+        """Consecutive sub-batches of at most ``size`` tasks."""
+        parts = [field_value.split(size) if field_value is not None else None
+                 for field_value in (getattr(self, f.name) for f in fields(self))]
+        count = len(parts[0])
+        return [TaskBatch(*(p[i] if p is not None else None for p in parts)) for i in range(count)]
