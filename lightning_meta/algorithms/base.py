@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import random
 import time
+import warnings
 from typing import Any, Optional
 
 import numpy as np
@@ -88,7 +89,9 @@ class MetaLearner(pl.LightningModule):
         self.chunk_size = chunk_size
         self.results = nn.ModuleDict({"val": EpisodeResults(), "test": EpisodeResults()})
         self._last_step_end: Optional[float] = None
-        self.save_hyperparameters()
+        with warnings.catch_warnings():  # modules are replaced by primitive specs just below
+            warnings.filterwarnings("ignore", message=".*is an instance of `nn.Module`")
+            self.save_hyperparameters()
         self._make_hparams_primitive()
 
     # ------------------------------------------------------------------ the subclass contract

@@ -19,6 +19,7 @@ never swaps in a sampler of its own; workers take every ``num_workers``-th batch
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Callable, Optional, Protocol, Sequence
 
 import numpy as np
@@ -28,6 +29,9 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from lightning_meta.tasks import Task, TaskBatch
 
 SPLITS = ("train", "val", "test")
+
+# Each worker takes every num_workers-th batch (EpisodeStream.__iter__), so the length is exact.
+warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` defined")
 
 
 class EpisodeSource(Protocol):
