@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Optional
 
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
+
+# Lightning 2.6 warns that step checkpoints under manual optimisation hold the state *after* the
+# optimizer step.  That is the state a resumed run must continue from (global_step counts it).
+warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization and every_n_train_steps")
 
 
 class BestCheckpoint(ModelCheckpoint):

@@ -3,6 +3,10 @@
 from lightning_meta.data.class_images import ClassImages
 from lightning_meta.data.datamodule import EpisodicDataModule
 from lightning_meta.data.episodes import EpisodeLoader, EpisodeStream, episode_generator
+from lightning_meta.data.image_folder import ImageFolderDataModule
+from lightning_meta.data.miniimagenet import MiniImageNetDataModule
+from lightning_meta.data.npz import NpzDataModule
+from lightning_meta.data.omniglot import OmniglotDataModule
 from lightning_meta.data.regression import (
     LinearDataModule,
     LinearTasks,
@@ -16,8 +20,12 @@ __all__ = [
     "EpisodeLoader",
     "EpisodeStream",
     "EpisodicDataModule",
+    "ImageFolderDataModule",
     "LinearDataModule",
     "LinearTasks",
+    "MiniImageNetDataModule",
+    "NpzDataModule",
+    "OmniglotDataModule",
     "RegressionDataModule",
     "SinusoidDataModule",
     "SinusoidTasks",

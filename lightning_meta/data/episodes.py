@@ -117,8 +117,9 @@ class EpisodeLoader(DataLoader):
     """A ``DataLoader`` over an :class:`EpisodeStream` that knows its epoch and resumes mid-epoch.
 
     ``clock()`` returns ``(epoch, batches already trained in it)`` from the Trainer; without a
-    Trainer the loader counts epochs itself.  Training streams read the epoch on every ``iter``;
-    evaluation streams are fixed.
+    Trainer the loader counts epochs itself.  Training streams read the epoch on every ``iter``
+    (and, after ``load_state_dict``, continue where the checkpoint stopped); evaluation streams are
+    fixed.
     """
 
     def __init__(self, stream: EpisodeStream, num_workers: int = 0, pin_memory: bool = False,
@@ -132,18 +133,24 @@ class EpisodeLoader(DataLoader):
 
     def __iter__(self):
         if self.stream.epoch is not None:
-            epoch = self.clock()[0] if self.clock is not None else self._iterations
-            start = 0
-            if self._resume is not None and self._resume["epoch"] == epoch:
-                start = self._resume["batches_done"]
-            self._resume = None
-            self.stream.epoch, self.stream.start = epoch, min(start, len(self.stream))
+            if self._resume is not None:
+                # The first iteration after a restore continues the checkpoint's epoch; a checkpoint
+                # taken after its last batch continues with the next epoch (Lightning counts that
+                # epoch as completed only after this call).
+                epoch, start = self._resume["epoch"], self._resume["batches_done"]
+                if start >= len(self.stream):
+                    epoch, start = epoch + 1, 0
+                self._resume = None
+            else:
+                epoch = self.clock()[0] if self.clock is not None else self._iterations
+                start = 0
+            self.stream.epoch, self.stream.start = epoch, start
         self._iterations += 1
         return super().__iter__()
 
     def state_dict(self) -> dict[str, Any]:
-        epoch, done = self.clock() if self.clock is not None else (self.stream.epoch or 0, 0)
-        return {"epoch": int(epoch), "batches_done": int(done)}
+        done = self.clock()[1] if self.clock is not None else 0
+        return {"epoch": int(self.stream.epoch or 0), "batches_done": int(done)}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._resume = {"epoch": int(state_dict["epoch"]), "batches_done": int(state_dict["batches_done"])}

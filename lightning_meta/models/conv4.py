@@ -12,10 +12,14 @@ POOLING = ("stride", "max")
 
 
 def conv_block(in_channels: int, out_channels: int, pooling: str, batch_norm_stats: str) -> nn.Sequential:
-    """conv 3x3 -> BatchNorm -> ReLU, downsampled by a stride-2 convolution or a 2x2 max-pool."""
+    """conv 3x3 -> BatchNorm -> ReLU, downsampled by a stride-2 convolution or a 2x2 max-pool.
+
+    The convolution has no bias: BatchNorm subtracts the batch mean, so a bias would get a zero
+    gradient (only rounding noise, which Adam would amplify into drift).
+    """
     stride = 2 if pooling == "stride" else 1
     layers: list[nn.Module] = [
-        nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1),
+        nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False),
         nn.BatchNorm2d(out_channels, track_running_stats=batch_norm_stats == "running"),
         nn.ReLU(),
     ]
@@ -69,7 +73,6 @@ class Conv4(Backbone):
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.xavier_uniform_(module.weight)
-                nn.init.zeros_(module.bias)
 
 
 class _SpatialMean(nn.Module):
