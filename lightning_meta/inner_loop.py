@@ -50,17 +50,24 @@ def adapt(
     steps: int,
     step_size: StepSize,
     first_order: bool,
+    loss_scale: float = 1.0,
 ) -> list[Params]:
     """Take ``steps`` gradient steps on ``loss_fn(forward(params, x), y)``.
 
     Returns the trajectory ``[params, params_1, ..., params_steps]``, each a new dict (the
     multi-step loss of MAML++ and adaptation curves read the intermediate points).  With
     ``first_order`` the inner gradients are constants for the outer derivative (FOMAML).
+
+    ``loss_scale`` multiplies the support loss before differentiation and divides the gradient
+    after it: under float16 autocast, small activation gradients underflow to zero otherwise (the
+    outer GradScaler does not see inner-loop gradients).  Mathematically a no-op.
     """
     trajectory = [params]
-    support_loss = lambda p: loss_fn(forward(p, x), y)  # noqa: E731
+    support_loss = lambda p: loss_fn(forward(p, x), y) * loss_scale  # noqa: E731
     for step in range(steps):
         grads = grad(support_loss)(params)
+        if loss_scale != 1.0:
+            grads = {name: g / loss_scale for name, g in grads.items()}
         if first_order:
             grads = {name: g.detach() for name, g in grads.items()}
         params = {name: p - step_size(name, step) * grads[name] for name, p in params.items()}

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from pathlib import Path
+from typing import Optional, Union
 
 import pytorch_lightning as pl
+from pytorch_lightning.plugins import Precision
 import torch
 from torch.utils.data import DataLoader
+
+DATA_DIR = Path(__file__).parent / "data"
 
 from lightning_meta.tasks import TaskBatch
 
@@ -29,10 +33,16 @@ def quiet_trainer(**kwargs) -> pl.Trainer:
     return pl.Trainer(**defaults)
 
 
-def meta_gradient(model: pl.LightningModule, batch: TaskBatch, precision: str = "64-true") -> dict[str, torch.Tensor]:
-    """The meta-gradient of one real ``training_step`` on ``batch`` (float64 by default)."""
+def meta_gradient(model: pl.LightningModule, batch: TaskBatch, precision: Union[str, Precision] = "64-true"
+                  ) -> dict[str, torch.Tensor]:
+    """The meta-gradient of one real ``training_step`` on ``batch`` (float64 by default).
+
+    ``precision`` is a Trainer precision string or a precision plugin (e.g. fp16 on CPU, which must
+    be passed explicitly: Lightning turns "16-mixed" into bf16 on CPU).
+    """
     recorder = GradientRecorder()
-    trainer = quiet_trainer(max_steps=1, precision=precision, callbacks=[recorder], limit_val_batches=0)
+    setting = {"plugins": [precision]} if isinstance(precision, Precision) else {"precision": precision}
+    trainer = quiet_trainer(max_steps=1, callbacks=[recorder], limit_val_batches=0, **setting)
     trainer.fit(model, train_dataloaders=DataLoader([batch], batch_size=None))
     assert recorder.grads is not None
     return recorder.grads

@@ -30,7 +30,7 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from pytorch_lightning.strategies import ParallelStrategy
-from pytorch_lightning.utilities import rank_zero_info
+from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 
 from lightning_meta.errors import ConfigurationError, optional_positive, require_positive
@@ -162,12 +162,30 @@ class MetaLearner(pl.LightningModule):
             return contextlib.nullcontext()
         return strategy.block_backward_sync()
 
+    @property
+    def inner_loss_scale(self) -> float:
+        """The scale for inner-loop losses: the Trainer's fp16 ``GradScaler`` scale, else 1.
+
+        Under ``16-mixed`` the outer loss is scaled by Lightning's GradScaler, but gradients taken
+        inside the inner loop are not, and small ones underflow in float16.  Scaling the inner loss
+        by the same dynamic scale (and unscaling the gradient) protects them; an overflow makes
+        the meta-loss non-finite, and the GradScaler then skips the step and lowers the scale.
+        bfloat16 has float32's range and needs none of this.
+        """
+        scaler = getattr(self._trainer.precision_plugin, "scaler", None) if self._trainer is not None else None
+        return float(scaler.get_scale()) if scaler is not None and scaler.is_enabled() else 1.0
+
     def _check_finite(self, losses: Tensor) -> None:
-        if not torch.isfinite(losses).all():
-            raise FloatingPointError(
-                f"meta-loss is not finite ({losses.tolist()}) at global step {self.global_step} (epoch "
-                f"{self.current_epoch}); training stopped before the outer update, so the weights are not NaN. "
-                f"Lower {FIELD}outer_lr or the inner learning rate, or set {FIELD}gradient_clip_val.")
+        if torch.isfinite(losses).all():
+            return
+        if self.inner_loss_scale != 1.0:
+            rank_zero_warn(f"fp16 overflow at global step {self.global_step}: the GradScaler skips this outer "
+                           "step and lowers its scale")
+            return
+        raise FloatingPointError(
+            f"meta-loss is not finite ({losses.tolist()}) at global step {self.global_step} (epoch "
+            f"{self.current_epoch}); training stopped before the outer update, so the weights are not NaN. "
+            f"Lower {FIELD}outer_lr or the inner learning rate, or set {FIELD}gradient_clip_val.")
 
     # ------------------------------------------------------------------ Lightning: training
     def configure_optimizers(self) -> torch.optim.Optimizer:

@@ -132,7 +132,7 @@ class MAML(MetaLearner):
         fast, forward, support_in, query_in = self.prepare_task(sub_params(params, "model"), support_x, query_x)
         trajectory = adapt(forward, fast, support_in, support_y, loss_fn=self.inner_loss, steps=self.inner_steps,
                            step_size=self.step_sizes.bind(sub_params(params, "step_sizes")),
-                           first_order=self.uses_first_order)
+                           first_order=self.uses_first_order, loss_scale=self.inner_loss_scale)
         predictions = forward(trajectory[-1], query_in)
         if not self.multi_step_loss:
             return self.query_loss(predictions, query_y), predictions
@@ -147,7 +147,7 @@ class MAML(MetaLearner):
         fast, forward, support_in, query_in = self.prepare_task(sub_params(params, "model"), support_x, query_x)
         trajectory = adapt(forward, fast, support_in, support_y, loss_fn=self.inner_loss,
                            steps=self.test_inner_steps, step_size=self.step_sizes.bind(sub_params(params, "step_sizes")),
-                           first_order=True)
+                           first_order=True, loss_scale=self.inner_loss_scale)
         return forward(trajectory[-1], query_in).detach(), forward(fast, query_in).detach()
 
     def probe(self, x: Tensor) -> Union[Tensor, None]:

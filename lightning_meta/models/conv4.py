@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from lightning_meta.models.backbone import Backbone
+from lightning_meta.models.norm import BatchNorm2d
 
 BATCH_NORM_STATS = ("batch", "running")
 POOLING = ("stride", "max")
@@ -20,7 +21,7 @@ def conv_block(in_channels: int, out_channels: int, pooling: str, batch_norm_sta
     stride = 2 if pooling == "stride" else 1
     layers: list[nn.Module] = [
         nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False),
-        nn.BatchNorm2d(out_channels, track_running_stats=batch_norm_stats == "running"),
+        BatchNorm2d(out_channels, track_running_stats=batch_norm_stats == "running"),
         nn.ReLU(),
     ]
     if pooling == "max":

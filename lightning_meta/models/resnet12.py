@@ -9,6 +9,7 @@ from torch import nn
 
 from lightning_meta.models.backbone import Backbone
 from lightning_meta.models.conv4 import BATCH_NORM_STATS
+from lightning_meta.models.norm import BatchNorm2d
 
 
 class ResidualBlock(nn.Module):
@@ -17,8 +18,8 @@ class ResidualBlock(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, track_running_stats: bool, dropout: float):
         super().__init__()
 
-        def bn() -> nn.BatchNorm2d:
-            return nn.BatchNorm2d(out_channels, track_running_stats=track_running_stats)
+        def bn() -> BatchNorm2d:
+            return BatchNorm2d(out_channels, track_running_stats=track_running_stats)
 
         self.body = nn.Sequential(
             nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False), bn(), nn.LeakyReLU(0.1),
