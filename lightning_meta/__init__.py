@@ -15,7 +15,11 @@ from lightning_meta.algorithms import ANIL, MAML, MetaLearner, MetaSGD
 from lightning_meta.data import (
     ClassImages,
     EpisodicDataModule,
+    ImageFolderDataModule,
     LinearDataModule,
+    MiniImageNetDataModule,
+    NpzDataModule,
+    OmniglotDataModule,
     SinusoidDataModule,
 )
 from lightning_meta.errors import ConfigurationError
@@ -28,10 +32,14 @@ __all__ = [
     "ClassImages",
     "ConfigurationError",
     "EpisodicDataModule",
+    "ImageFolderDataModule",
     "LinearDataModule",
     "MAML",
     "MetaLearner",
     "MetaSGD",
+    "MiniImageNetDataModule",
+    "NpzDataModule",
+    "OmniglotDataModule",
     "SinusoidDataModule",
     "Task",
     "TaskBatch",

@@ -84,7 +84,7 @@ class ClassImages:
     def class_samples(self, c: int, picks: Tensor) -> Tensor:
         """Samples ``picks`` of (possibly rotated) class ``c`` as floats ``[len(picks), C, H, W]``."""
         base, turn = c % self.base_classes, self.rotations[c // self.base_classes]
-        x = self.images[self.offsets[base] + picks]
+        x = self.images.index_select(0, self.offsets[base] + picks)
         if turn:
             x = torch.rot90(x, turn, dims=(-2, -1))
         x = x.float().div_(255)

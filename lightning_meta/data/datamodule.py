@@ -82,12 +82,16 @@ class EpisodicDataModule(pl.LightningDataModule):
 
     # ----------------------------------------------------------------- subclass hooks
     def load_split(self, split: str) -> EpisodeSource:
-        """The episode source of ``split`` ("train", "val" or "test").
-
-        Implementations should call :meth:`check_split` as soon as the number of classes and
-        samples is known (from a file listing), before decoding anything.
-        """
+        """The episode source of ``split`` ("train", "val" or "test"): decode and hold its data."""
         raise NotImplementedError
+
+    def split_counts(self, split: str) -> Optional[tuple[int, Optional[int]]]:
+        """``(classes, fewest samples of a class)`` of ``split`` from a cheap listing, or ``None``.
+
+        Data modules over files implement it (rotations included) so that impossible settings fail
+        before anything is decoded; ``None`` defers the check until the split is loaded.
+        """
+        return None
 
     # ----------------------------------------------------------------- settings
     def setting(self, split: str) -> tuple[int, int, int]:
@@ -132,13 +136,23 @@ class EpisodicDataModule(pl.LightningDataModule):
 
     # ----------------------------------------------------------------- Lightning hooks
     def setup(self, stage: Optional[str] = None) -> None:
+        """Check every split the stage needs (from listings) before loading any of them."""
         self.per_rank_batch()
-        for split in self.splits_needed.get(stage or "fit", ("train", "val", "test")):
+        splits = self.splits_needed.get(stage or "fit", ("train", "val", "test"))
+        for split in splits:
+            self._check_counts(split)
+        for split in splits:
             self.source(split)
+
+    def _check_counts(self, split: str) -> None:
+        counts = None if split in self.sources else self.split_counts(split)
+        if counts is not None:
+            self.check_split(split, *counts)
 
     def source(self, split: str) -> EpisodeSource:
         """The loaded (and checked) source of ``split``, loaded on first use."""
         if split not in self.sources:
+            self._check_counts(split)
             source = self.load_split(split)
             self.check_split(split, source.num_classes, source.min_samples)
             self.sources[split] = source

@@ -21,8 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from lightning_meta.data.datamodule import FIELD, EpisodicDataModule
-from lightning_meta.data.episodes import SPLITS
+from lightning_meta.data.datamodule import FIELD
 from lightning_meta.errors import ConfigurationError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".ppm", ".pgm", ".pbm", ".tif", ".tiff", ".webp")
@@ -33,30 +32,11 @@ CACHE_VERSION = 1
 
 def decode_workers() -> int:
     """Threads used to read and decode images (PIL releases the GIL while decoding and resizing)."""
-    return max(1, min(8, os.cpu_count() or 1))
+    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(8, available))
 
 
 # --------------------------------------------------------------------------- base class
-class CheckedImageDataModule(EpisodicDataModule):
-    """An :class:`EpisodicDataModule` that checks every split a stage needs before loading any.
-
-    Subclasses implement :meth:`split_counts` (``(classes, fewest samples of a class)`` of a split,
-    from a file listing or header, rotations included) and :meth:`load_split`, which calls
-    ``self.check_split(split, *self.split_counts(split))`` before decoding.  ``setup`` first checks
-    all the splits of the stage, so that, e.g., a validation split with fewer classes than
-    ``test_ways`` fails before the meta-training images are decoded.
-    """
-
-    def split_counts(self, split: str) -> tuple[int, Optional[int]]:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def setup(self, stage: Optional[str] = None) -> None:
-        for split in self.splits_needed.get(stage or "fit", SPLITS):
-            if split not in self.sources:
-                self.check_split(split, *self.split_counts(split))
-        super().setup(stage)
-
-
 # --------------------------------------------------------------------------- listing
 @dataclass
 class ClassFiles:

@@ -6,9 +6,8 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from lightning_meta.data.class_images import ClassImages
-from lightning_meta.data.datamodule import FIELD
+from lightning_meta.data.datamodule import FIELD, EpisodicDataModule
 from lightning_meta.data.image_files import (
-    CheckedImageDataModule,
     ClassFiles,
     ImageHeaders,
     cached_decode,
@@ -30,7 +29,7 @@ from lightning_meta.errors import ConfigurationError
 SPLIT_FOLDERS = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 
 
-class ImageFolderDataModule(CheckedImageDataModule):
+class ImageFolderDataModule(EpisodicDataModule):
     """Episodes from a folder of class sub-folders of images (ImageFolder layout).
 
     Two layouts of ``root``:
@@ -169,7 +168,6 @@ class ImageFolderDataModule(CheckedImageDataModule):
         return len(files) * len(rotations), files.min_count
 
     def load_split(self, split: str) -> ClassImages:
-        self.check_split(split, *self.split_counts(split))
         files = self.layout()[split]
         rotations = self.rotations if split == "train" else (0,)
         paths = files.flat()

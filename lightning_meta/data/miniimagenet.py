@@ -11,8 +11,8 @@ import numpy as np
 import torch
 
 from lightning_meta.data.class_images import ClassImages
-from lightning_meta.data.datamodule import FIELD
-from lightning_meta.data.image_files import CheckedImageDataModule, check_image_size, resize_uint8
+from lightning_meta.data.datamodule import FIELD, EpisodicDataModule
+from lightning_meta.data.image_files import check_image_size, resize_uint8
 from lightning_meta.errors import ConfigurationError
 
 #: split of the data module -> learn2learn's name of the split in the pickle file names
@@ -38,7 +38,7 @@ def pickle_name(split: str) -> str:
     return f"mini-imagenet-cache-{MODES[split]}.pkl"
 
 
-class MiniImageNetDataModule(CheckedImageDataModule):
+class MiniImageNetDataModule(EpisodicDataModule):
     """mini-ImageNet: 100 ImageNet classes of 600 colour images (84 x 84), 64 / 16 / 20 classes for
     meta-train / validation / test (Ravi & Larochelle 2017), as episodes.
 
@@ -151,8 +151,8 @@ class MiniImageNetDataModule(CheckedImageDataModule):
         return len(counts), min(counts) if counts else 0
 
     def load_split(self, split: str) -> ClassImages:
-        self.check_split(split, *self.split_counts(split))
-        data = self._pickles.pop(split)
+        data = self.pickle(split)
+        del self._pickles[split]
         classes = {name: np.asarray(rows, dtype=np.int64) for name, rows in data["class_dict"].items()}
         names = sorted(classes)
         counts = [len(classes[name]) for name in names]

@@ -9,9 +9,8 @@ import numpy as np
 import torch
 
 from lightning_meta.data.class_images import ClassImages
-from lightning_meta.data.datamodule import FIELD
+from lightning_meta.data.datamodule import FIELD, EpisodicDataModule
 from lightning_meta.data.image_files import (
-    CheckedImageDataModule,
     ClassFiles,
     cached_decode,
     check_image_size,
@@ -35,7 +34,7 @@ ZIPS_MD5 = {
 }
 
 
-class OmniglotDataModule(CheckedImageDataModule):
+class OmniglotDataModule(EpisodicDataModule):
     """Omniglot: 1623 handwritten characters of 50 alphabets, 20 drawings each, as episodes.
 
     Reads torchvision's extracted layout ``root/omniglot-py/images_background/<alphabet>/<character>/*.png``
@@ -257,7 +256,6 @@ class OmniglotDataModule(CheckedImageDataModule):
         return len(counts) * len(rotations), min(counts) if counts else 0
 
     def load_split(self, split: str) -> ClassImages:
-        self.check_split(split, *self.split_counts(split))
         listing, _ = self.catalog()
         indices = self.assignment()[split]
         counts = [len(listing.files[i]) for i in indices]
