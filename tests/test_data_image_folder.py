@@ -149,7 +149,7 @@ def test_episode_settings_are_checked_before_decoding(root, monkeypatch):
         make(root, ways=7, test_ways=2).setup("fit")
     with pytest.raises(ConfigurationError, match=r"data\.init_args\.test_ways=3 .* 2 of the 'val' split"):
         make(root, test_ways=3).setup("fit")
-    with pytest.raises(ConfigurationError, match=r"data\.init_args\.test_shots \+ test_queries = 2 \+ 3 = 5 exceeds the 4"):
+    with pytest.raises(ConfigurationError, match=r"data\.init_args\.test_shots \+ data\.init_args\.test_queries = 2 \+ 3 = 5 exceeds the 4"):
         make(root, test_shots=2, test_queries=3).setup("test")
 
 

@@ -86,7 +86,7 @@ def test_missing_split_file_is_named(root):
 def test_episode_settings_are_checked(root):
     with pytest.raises(ConfigurationError, match=r"data\.init_args\.test_ways=5 .* 4 of the 'test' split"):
         make(root, test_ways=5).setup("test")
-    with pytest.raises(ConfigurationError, match=r"data\.init_args\.shots \+ queries = 2 \+ 7 = 9 exceeds the 8"):
+    with pytest.raises(ConfigurationError, match=r"data\.init_args\.shots \+ data\.init_args\.queries = 2 \+ 7 = 9 exceeds the 8"):
         make(root, queries=7, test_queries=3).setup("fit")
     dm = make(root, ways=4, test_ways=None)  # val has 3 classes: fails before train is converted
     with pytest.raises(ConfigurationError, match=r"'val' split"):

@@ -61,7 +61,7 @@ def test_channels_first_colour_arrays_and_npy(tmp_path):
 def test_shape_and_counts_are_checked_from_the_header_before_loading(tmp_path):
     path = make_npz(tmp_path / "x.npz", classes=20, samples=6)
     dm = make(path, shots=4, queries=3)
-    with pytest.raises(ConfigurationError, match=r"data\.init_args\.shots \+ queries = 4 \+ 3 = 7 exceeds the 6"):
+    with pytest.raises(ConfigurationError, match=r"data\.init_args\.shots \+ data\.init_args\.queries = 4 \+ 3 = 7 exceeds the 6"):
         dm.setup("fit")
     assert dm._array is None  # the array itself was never read
     dm = make(path, test_ways=4)  # 20 classes: 13 / 3 / 4, val too small for test_ways 4

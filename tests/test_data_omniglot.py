@@ -147,7 +147,7 @@ def test_settings_are_checked_before_decoding(root, monkeypatch):
     monkeypatch.setattr(omniglot_module, "decode_images", no_decoding)
     with pytest.raises(ConfigurationError, match=r"data\.init_args\.test_ways=7.*6 of the 'test' split"):
         make(root, test_ways=7).setup("test")
-    with pytest.raises(ConfigurationError, match=r"data\.init_args\.shots \+ queries = 3 \+ 3 = 6 exceeds the 5"):
+    with pytest.raises(ConfigurationError, match=r"data\.init_args\.shots \+ data\.init_args\.queries = 3 \+ 3 = 6 exceeds the 5"):
         make(root, shots=3, queries=3).setup("fit")
     with pytest.raises(ConfigurationError, match=r"data\.init_args\.test_ways=4 .* 3 of the 'val' split"):
         make(root, ways=4, test_ways=None).setup("fit")

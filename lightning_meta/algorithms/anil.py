@@ -8,6 +8,7 @@ from torch.func import functional_call
 from lightning_meta.algorithms.maml import MAML
 from lightning_meta.errors import ConfigurationError
 from lightning_meta.inner_loop import Forward, Params, sub_params
+from lightning_meta.models.backbone import build_module
 
 
 class ANIL(MAML):
@@ -31,12 +32,13 @@ class ANIL(MAML):
     def __init__(self, backbone: nn.Module, inner_lr: float = 0.1, body: str = "features", head: str = "head",
                  **kwargs):
         self.body_name, self.head_name = body, head
-        super().__init__(backbone, inner_lr, **kwargs)
+        net = build_module(backbone)
         for role, name in (("body", body), ("head", head)):
-            if not isinstance(getattr(self.model, name, None), nn.Module):
+            if not isinstance(getattr(net, name, None), nn.Module):
                 raise ConfigurationError(
-                    f"ANIL needs the backbone to be head(body(x)) but {type(self.model).__name__} has no submodule "
+                    f"ANIL needs the backbone to be head(body(x)) but {type(net).__name__} has no submodule "
                     f"{name!r} ({role}): set model.init_args.{role} to the name of that submodule")
+        super().__init__(net, inner_lr, **kwargs)
 
     def is_adapted(self, name: str) -> bool:
         return name.startswith(self.head_name + ".")

@@ -110,7 +110,7 @@ class EpisodicDataModule(pl.LightningDataModule):
                 f" set {prefix}ways <= {num_classes}, or give the split more classes")
         if min_samples is not None and shots + queries > min_samples:
             raise ConfigurationError(
-                f"{FIELD}{prefix}shots + {prefix}queries = {shots} + {queries} = {shots + queries} exceeds the"
+                f"{FIELD}{prefix}shots + {FIELD}{prefix}queries = {shots} + {queries} = {shots + queries} exceeds the"
                 f" {min_samples} samples of the smallest class of the '{split}' split: lower {prefix}shots or"
                 f" {prefix}queries so that they sum to at most {min_samples}")
 
