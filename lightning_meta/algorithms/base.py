@@ -227,9 +227,9 @@ class MetaLearner(pl.LightningModule):
     def _log_training(self, batch: TaskBatch, losses: Tensor, predictions: Tensor) -> None:
         scores = episode_scores(predictions, batch.query_y)
         size = batch.num_tasks
-        self.log("train/loss", losses.mean(), prog_bar=True, on_step=True, on_epoch=True, batch_size=size)
+        self.log("train/loss", losses.mean(), prog_bar=True, on_step=True, on_epoch=False, batch_size=size)
         metric = "mse" if batch.is_regression else "acc"
-        self.log(f"train/{metric}", scores[metric].mean(), prog_bar=True, on_step=True, on_epoch=True,
+        self.log(f"train/{metric}", scores[metric].mean(), prog_bar=True, on_step=True, on_epoch=False,
                  batch_size=size)
         now = time.perf_counter()
         if self._last_step_end is not None:
