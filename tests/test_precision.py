@@ -8,6 +8,7 @@ engine therefore scales the inner loss by the GradScaler's current scale (``inne
 from __future__ import annotations
 
 import copy
+import warnings
 
 import numpy as np
 import pytest
@@ -101,3 +102,19 @@ def test_bf16_training_runs_validation_and_test(tmp_path):
     trainer.fit(model, data)
     result = trainer.test(model, data, verbose=False)[0]
     assert np.isfinite(result["test/mse"]) and np.isfinite(result["test/mse_before"])
+
+
+@pytest.mark.parametrize("native_bf16", [False, True])
+def test_bf16_on_a_cpu_without_native_bf16_warns(monkeypatch, tmp_path, native_bf16):
+    from lightning_meta import SinusoidDataModule
+    from lightning_meta.algorithms import base
+
+    monkeypatch.setattr(base, "cpu_has_fast_bf16", lambda: native_bf16)
+    model = MAML(MLP(1, 1, (8,)), inner_lr=0.01, inner_steps=1)
+    data = SinusoidDataModule(meta_batch_size=2, episodes_per_epoch=2, val_episodes=2, test_episodes=2)
+    trainer = quiet_trainer(max_steps=1, limit_val_batches=0, precision="bf16-mixed", default_root_dir=tmp_path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(model, data)
+    slow = [w for w in caught if "without native bf16" in str(w.message)]
+    assert len(slow) == (0 if native_bf16 else 1)
