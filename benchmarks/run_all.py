@@ -1,0 +1,33 @@
+"""Run every benchmark: the MAML outer step against learn2learn, then Trainer.fit throughput.
+
+    python -m benchmarks.run_all                       # full sizes (tens of minutes on a 2-core CPU)
+    python -m benchmarks.run_all --tiny                # seconds per benchmark: what CI runs
+    python -m benchmarks.run_all --json results.json   # also keep the raw numbers
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Optional, Sequence
+
+from benchmarks import fit_throughput, maml_step
+from benchmarks.common import add_common_arguments, write_json
+
+BENCHMARKS = {"maml_step": maml_step, "fit_throughput": fit_throughput}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_common_arguments(parser)
+    args = parser.parse_args(argv)
+    shared = (["--tiny"] if args.tiny else []) + ["--threads", str(args.threads)]
+    results = {}
+    for name, module in BENCHMARKS.items():
+        results[name] = module.main(shared)["raw"]
+        print(flush=True)
+    write_json(args.json, results)
+    return results
+
+
+if __name__ == "__main__":
+    main()
