@@ -11,7 +11,7 @@ Example::
     trainer.fit(model, SinusoidDataModule())
 """
 
-from lightning_meta.algorithms import ANIL, MAML, MetaLearner, MetaSGD
+from lightning_meta.algorithms import ANIL, MAML, MetaLearner, MetaSGD, MetricLearner, PrototypicalNetwork
 from lightning_meta.data import (
     ClassImages,
     EpisodicDataModule,
@@ -37,9 +37,11 @@ __all__ = [
     "MAML",
     "MetaLearner",
     "MetaSGD",
+    "MetricLearner",
     "MiniImageNetDataModule",
     "NpzDataModule",
     "OmniglotDataModule",
+    "PrototypicalNetwork",
     "SinusoidDataModule",
     "Task",
     "TaskBatch",

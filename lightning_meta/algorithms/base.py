@@ -110,6 +110,9 @@ class MetaLearner(pl.LightningModule):
         """Query predictions of one task after adaptation, and before it (or ``None``)."""
         raise NotImplementedError
 
+    #: Whether :meth:`evaluate_task` takes gradients (inner-loop adaptation); metric learners do not.
+    adapts_with_gradients: bool = True
+
     def loss(self, predictions: Tensor, targets: Tensor) -> Tensor:
         """Cross-entropy for integer labels, mean squared error for float targets."""
         if targets.is_floating_point():
@@ -268,11 +271,11 @@ class MetaLearner(pl.LightningModule):
             rank_zero_info(format_summary("test", summary, self.results["test"].count()))
 
     def _evaluate(self, batch: TaskBatch, stage: str) -> None:
-        if torch.is_inference_mode_enabled():
+        if self.adapts_with_gradients and torch.is_inference_mode_enabled():
             raise RuntimeError(
                 f"{type(self).__name__} adapts to each {stage} task with gradients, which inference mode forbids:"
                 " build the Trainer with inference_mode=False (the lightning-meta CLI does this by default)")
-        with torch.enable_grad():
+        with torch.enable_grad() if self.adapts_with_gradients else contextlib.nullcontext():
             after, before = self.evaluate_batch(batch)
         values = episode_scores(after, batch.query_y)
         if before is not None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
-from typing import Any, Mapping, Union
+from typing import Any, Mapping, Optional, Union
 
 from torch import Tensor, nn
 
@@ -56,6 +56,16 @@ class Backbone(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.features(x))
+
+
+def linear_head(width: int, out_features: Optional[int]) -> nn.Module:
+    """The output layer: ``Linear(width, out_features)``, or ``Identity`` when ``out_features`` is
+    ``None`` (an embedding network for metric learners, whose output is the ``width`` features)."""
+    if out_features is None:
+        return nn.Identity()
+    if out_features < 1:
+        raise ValueError(f"out_features must be positive (or None for an embedding network), got {out_features}")
+    return nn.Linear(width, out_features)
 
 
 def module_spec(module: nn.Module) -> Union[dict[str, Any], None]:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import nn
 
-from lightning_meta.models.backbone import Backbone
+from lightning_meta.models.backbone import Backbone, linear_head
 from lightning_meta.models.norm import BatchNorm2d
 
 BATCH_NORM_STATS = ("batch", "running")
@@ -51,7 +53,7 @@ class Conv4(Backbone):
     def __init__(
         self,
         in_channels: int = 1,
-        out_features: int = 5,
+        out_features: Optional[int] = 5,
         hidden_channels: int = 64,
         pooling: str = "stride",
         image_size: int = 28,
@@ -62,15 +64,15 @@ class Conv4(Backbone):
             raise ValueError(f"Conv4 pooling={pooling!r} is unknown; choose 'stride' or 'max'")
         if batch_norm_stats not in BATCH_NORM_STATS:
             raise ValueError(f"Conv4 batch_norm_stats={batch_norm_stats!r} is unknown; choose 'batch' or 'running'")
-        if min(in_channels, out_features, hidden_channels, image_size) < 1:
-            raise ValueError("Conv4 in_channels, out_features, hidden_channels and image_size must be positive")
+        if min(in_channels, hidden_channels, image_size) < 1:
+            raise ValueError("Conv4 in_channels, hidden_channels and image_size must be positive")
         blocks = [conv_block(in_channels if i == 0 else hidden_channels, hidden_channels, pooling, batch_norm_stats)
                   for i in range(4)]
         reduce: nn.Module = nn.Flatten() if pooling == "max" else _SpatialMean()
         self.features = nn.Sequential(*blocks, reduce)
         with torch.no_grad():
             width = self.features(torch.zeros(2, in_channels, image_size, image_size)).shape[1]
-        self.head = nn.Linear(width, out_features)
+        self.head = linear_head(width, out_features)
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.xavier_uniform_(module.weight)

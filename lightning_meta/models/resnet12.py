@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 from torch import nn
 
-from lightning_meta.models.backbone import Backbone
+from lightning_meta.models.backbone import Backbone, linear_head
 from lightning_meta.models.conv4 import BATCH_NORM_STATS
 from lightning_meta.models.norm import BatchNorm2d
 
@@ -48,7 +48,7 @@ class ResNet12(Backbone):
     def __init__(
         self,
         in_channels: int = 3,
-        out_features: int = 5,
+        out_features: Optional[int] = 5,
         channels: Sequence[int] = (64, 160, 320, 640),
         batch_norm_stats: str = "batch",
         dropout: float = 0.0,
@@ -62,7 +62,7 @@ class ResNet12(Backbone):
         track = batch_norm_stats == "running"
         blocks = [ResidualBlock(widths[i], widths[i + 1], track, dropout) for i in range(4)]
         self.features = nn.Sequential(*blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.head = nn.Linear(channels[-1], out_features)
+        self.head = linear_head(channels[-1], out_features)
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="leaky_relu")

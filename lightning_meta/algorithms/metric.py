@@ -1,0 +1,179 @@
+"""``MetricLearner``: embed the images, summarise the support set, score the queries; no inner loop.
+
+Metric-based meta-learners (Prototypical, Matching, Relation, Siamese networks) differ only in how
+a task's support embeddings become a classifier of query embeddings.  A subclass implements two
+hooks on embeddings:
+
+* :meth:`MetricLearner.support_state` ``(support_features, support_y, ways) -> state``: what the
+  method keeps of the support set (class prototypes, the support set itself, ...);
+* :meth:`MetricLearner.classify` ``(state, query_features) -> logits [M, ways]``.
+
+The base trains on meta-batches (the whole meta-batch embedded in one forward pass by default, a
+speed option: ``embed_together``), evaluates every episode on its own with the embedding in
+``eval()`` mode (running BatchNorm statistics, so an episode's predictions never depend on the
+other episodes of its batch), and offers the stateful interface of learn2learn and
+pytorch-meta: ``process_support_set(support_x, support_y)`` then ``forward(query_x) -> logits``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lightning_meta.algorithms.base import FIELD, MetaLearner
+from lightning_meta.errors import ConfigurationError
+from lightning_meta.models.backbone import build_module
+from lightning_meta.tasks import TaskBatch
+
+
+class MetricLearner(MetaLearner):
+    """Base class of metric-based meta-learners (see the module docstring for the two hooks).
+
+    Args:
+        embedding: the embedding network, e.g. ``Conv4(out_features=None, pooling="max",
+            batch_norm_stats="running")`` (or a ``{"class_path", "init_args"}`` dict).  Its
+            BatchNorm layers must keep running statistics: episodes are evaluated in ``eval()``
+            mode, independently of each other.
+        embed_together: in training, embed the support and query images of all episodes of a
+            meta-batch in one forward pass (faster; BatchNorm then normalises over the meta-batch)
+            instead of one pass per episode.
+        Remaining arguments: see :class:`~lightning_meta.algorithms.base.MetaLearner`.
+
+    Example::
+
+        class NearestNeighbour(MetricLearner):
+            def support_state(self, features, labels, ways):
+                return features.flatten(1), labels, ways
+            def classify(self, state, query):
+                support, labels, ways = state
+                similarity = -torch.cdist(query.flatten(1), support)
+                return torch.full((len(query), ways), -1e9).scatter_reduce(
+                    1, labels.expand(len(query), -1), similarity, "amax")
+    """
+
+    adapts_with_gradients = False
+
+    def __init__(
+        self,
+        embedding: nn.Module,
+        embed_together: bool = True,
+        outer_lr: float = 1e-3,
+        gradient_clip_val: Optional[float] = None,
+        accumulate_grad_batches: int = 1,
+    ):
+        super().__init__(outer_lr=outer_lr, gradient_clip_val=gradient_clip_val,
+                         accumulate_grad_batches=accumulate_grad_batches, batching="loop")
+        self.remove_ignored_hparams(["batching", "chunk_size"])
+        self.embedding = build_module(embedding)
+        self.embed_together = embed_together
+        self._support: Optional[Any] = None
+        require_running_statistics(self.embedding)
+
+    # ------------------------------------------------------------------ the subclass contract
+    def support_state(self, support_features: Tensor, support_y: Tensor, ways: int) -> Any:
+        """What the method keeps of one task's support set (embedded), for :meth:`classify`."""
+        raise NotImplementedError
+
+    def classify(self, state: Any, query_features: Tensor) -> Tensor:
+        """Logits ``[M, ways]`` of the embedded queries given :meth:`support_state`'s result."""
+        raise NotImplementedError
+
+    def task_loss(self, logits: Tensor, query_y: Tensor) -> Tensor:
+        """The training loss of one episode's query logits (cross-entropy; Relation uses MSE)."""
+        return F.cross_entropy(logits, query_y)
+
+    def probabilities(self, logits: Tensor) -> Tensor:
+        """Class probabilities from :meth:`classify`'s logits (softmax)."""
+        return logits.softmax(-1)
+
+    # ------------------------------------------------------------------ embedding and one task
+    def embed(self, x: Tensor) -> Tensor:
+        """Embed a batch of inputs ``[n, ...]``."""
+        return self.embedding(x)
+
+    def task_logits(self, support_features: Tensor, support_y: Tensor, query_features: Tensor) -> Tensor:
+        """Query logits of one task from its embedded support and query sets."""
+        ways = int(support_y.max()) + 1
+        return self.classify(self.support_state(support_features, support_y, ways), query_features)
+
+    def process_support_set(self, support_x: Tensor, support_y: Tensor) -> None:
+        """Embed and keep a support set (labels ``0..N-1``); :meth:`forward` then classifies queries.
+
+        Example::
+
+            model.eval()
+            model.process_support_set(support_images, support_labels)
+            probabilities = model.probabilities(model(query_images))
+        """
+        check_support_labels(support_y)
+        ways = int(support_y.max()) + 1
+        self._support = self.support_state(self.embed(support_x), support_y, ways)
+
+    def forward(self, query_x: Tensor) -> Tensor:
+        """Logits ``[M, ways]`` of ``query_x`` against the support set of :meth:`process_support_set`."""
+        if self._support is None:
+            raise RuntimeError(f"{type(self).__name__}: call process_support_set(support_x, support_y) before "
+                               "classifying queries")
+        return self.classify(self._support, self.embed(query_x))
+
+    # ------------------------------------------------------------------ the MetaLearner contract
+    def training_objective(self, params: Any, support_x: Tensor, support_y: Tensor, query_x: Tensor,
+                           query_y: Tensor) -> tuple[Tensor, Tensor]:
+        features = self.embed(torch.cat([support_x, query_x]))
+        logits = self.task_logits(features[: len(support_x)], support_y, features[len(support_x):])
+        return self.task_loss(logits, query_y), logits
+
+    def outer_backward(self, batch: TaskBatch, sync: bool = True, scale: float = 1.0) -> tuple[Tensor, Tensor]:
+        if not self.embed_together:
+            return super().outer_backward(batch, sync, scale)
+        support_x, support_y, query_x, query_y = batch.tensors()
+        tasks, shots, queries = batch.num_tasks, support_x.shape[1], query_x.shape[1]
+        features = self.embed(torch.cat([support_x.flatten(0, 1), query_x.flatten(0, 1)]))
+        support_features = features[: tasks * shots].unflatten(0, (tasks, shots))
+        query_features = features[tasks * shots:].unflatten(0, (tasks, queries))
+        logits = torch.stack([self.task_logits(support_features[i], support_y[i], query_features[i])
+                              for i in range(tasks)])
+        losses = torch.stack([self.task_loss(logits[i], query_y[i]) for i in range(tasks)])
+        self._check_finite(losses.detach())
+        with self._backward_sync(sync):
+            self.manual_backward(losses.mean() * scale)
+        return losses.detach(), logits.detach()
+
+    def evaluate_task(self, support_x: Tensor, support_y: Tensor, query_x: Tensor,
+                      query_y: Tensor) -> tuple[Tensor, None]:
+        logits = self.task_logits(self.embed(support_x), support_y, self.embed(query_x))
+        return logits.detach(), None
+
+    def probe(self, x: Tensor) -> None:
+        training = self.embedding.training
+        self.embedding.eval()  # a forward in training mode would move the running statistics
+        try:
+            self.embed(x)
+        finally:
+            self.embedding.train(training)
+        return None
+
+
+def require_running_statistics(embedding: nn.Module) -> None:
+    """Refuse BatchNorm layers without running statistics (evaluation would be transductive)."""
+    for name, module in embedding.named_modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and not module.track_running_stats:
+            raise ConfigurationError(
+                f"the embedding's BatchNorm '{name}' has no running statistics, so in evaluation it would "
+                "normalise with each batch's statistics and an episode's predictions would depend on the other "
+                f"images: set batch_norm_stats: running on the backbone ({FIELD}embedding.init_args."
+                "batch_norm_stats) or use track_running_stats=True")
+
+
+def check_support_labels(support_y: Tensor) -> None:
+    """Support labels must be ``0..N-1`` with every class present."""
+    if support_y.is_floating_point() or support_y.ndim != 1 or support_y.numel() == 0:
+        raise ValueError(f"support labels must be a non-empty 1-D integer tensor, got {tuple(support_y.shape)} "
+                         f"{support_y.dtype}")
+    ways = int(support_y.max()) + 1
+    missing = sorted(set(range(ways)) - set(support_y.unique().tolist()))
+    if missing or int(support_y.min()) < 0:
+        raise ValueError(f"the support set must hold every class 0..{ways - 1} at least once; missing {missing}")
