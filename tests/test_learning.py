@@ -9,7 +9,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from meta_helpers import DATA_DIR, quiet_trainer
+from meta_helpers import DATA_DIR, pixel_prototype_accuracy, quiet_trainer
 
 from lightning_meta import MAML, NpzDataModule, SinusoidDataModule
 from lightning_meta.models import MLP, Conv4
@@ -47,18 +47,6 @@ def test_maml_sinusoid_adapts_and_beats_the_pretrained_baseline():
 
     assert ours["test/mse"] <= 0.5 * ours["test/mse_before"]
     assert ours["test/mse"] < baseline["test/mse"] - 3 * (ours["test/mse_ci95"] + baseline["test/mse_ci95"]) / 2
-
-
-def pixel_prototype_accuracy(data: NpzDataModule) -> torch.Tensor:
-    """Per-episode accuracy of nearest class mean on raw pixels, on the same fixed test episodes."""
-    accuracies = []
-    for batch in data.test_dataloader():
-        keep = batch.index >= 0
-        ways = int(batch.support_y.max()) + 1
-        prototypes = torch.stack([batch.support_x[:, batch.support_y[0] == c].mean(1) for c in range(ways)], 1)
-        distances = ((batch.query_x.unsqueeze(2) - prototypes.unsqueeze(1)) ** 2).flatten(3).sum(-1)
-        accuracies.append((distances.argmin(-1) == batch.query_y).float().mean(1)[keep])
-    return torch.cat(accuracies)
 
 
 @pytest.mark.slow
