@@ -6,6 +6,9 @@ Defaults that meta-learning needs, on top of LightningCLI:
 * :class:`~lightning_meta.callbacks.BestCheckpoint` (``best.ckpt`` by ``val/acc`` or ``val/mse``, and
   ``last.ckpt``) and :class:`~lightning_meta.callbacks.EpisodeResultsCSV`;
 * ``fit`` ends by testing the best checkpoint and printing mean and 95% CI over the test episodes;
+* ``predict`` writes the class predictions of ``--data.init_args.query_dir`` given the classes of
+  ``--data.init_args.support_dir`` to a CSV through :class:`~lightning_meta.callbacks.PredictionCSV`
+  (added unless a prediction writer is configured);
 * W&B runs offline when no API key is configured (``WANDB_MODE=offline``), never prompting;
 * ``--trainer.gradient_clip_val`` / ``--trainer.accumulate_grad_batches``, which Lightning refuses
   under manual optimisation, are turned into an error that names the model argument to use.
@@ -18,11 +21,13 @@ import os
 import sys
 from typing import Any, Optional
 
+import pytorch_lightning as pl
+from pytorch_lightning.callbacks import BasePredictionWriter
 from pytorch_lightning.cli import LightningCLI
 from pytorch_lightning.utilities import rank_zero_info
 
 from lightning_meta.algorithms.base import MetaLearner
-from lightning_meta.callbacks import BestCheckpoint, EpisodeResultsCSV
+from lightning_meta.callbacks import BestCheckpoint, EpisodeResultsCSV, PredictionCSV
 from lightning_meta.data.datamodule import EpisodicDataModule
 from lightning_meta.errors import ConfigurationError
 
@@ -74,6 +79,12 @@ class MetaCLI(LightningCLI):
                 f"{trainer.get('accumulate_grad_batches')} instead")
         if not wandb_has_credentials():
             os.environ.setdefault("WANDB_MODE", "offline")
+
+    def instantiate_trainer(self, **kwargs: Any) -> pl.Trainer:
+        trainer = super().instantiate_trainer(**kwargs)
+        if self.subcommand == "predict" and not any(isinstance(c, BasePredictionWriter) for c in trainer.callbacks):
+            trainer.callbacks.append(PredictionCSV())
+        return trainer
 
     def after_fit(self) -> None:
         trainer = self.trainer

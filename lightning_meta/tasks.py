@@ -83,3 +83,26 @@ class TaskBatch:
                  for field_value in (getattr(self, f.name) for f in fields(self))]
         count = len(parts[0])
         return [TaskBatch(*(p[i] if p is not None else None for p in parts)) for i in range(count)]
+
+
+@dataclass
+class PredictionBatch(TaskBatch):
+    """A :class:`TaskBatch` of tasks to predict, with what a prediction writer needs to name its rows.
+
+    ``query_y`` holds placeholders (zeros): the query labels are what is predicted.  Per task ``b``,
+    ``class_names[b][c]`` names class ``c`` of the support set and ``query_files[b][m]`` names query
+    ``m``.  ``python -m lightning_meta predict`` builds one (``B = 1``) from ``support_dir`` and
+    ``query_dir``; see :mod:`lightning_meta.data.prediction`.
+    """
+
+    class_names: Optional[list[list[str]]] = None
+    query_files: Optional[list[list[str]]] = None
+
+    def split(self, size: int) -> list["TaskBatch"]:
+        parts = TaskBatch(*self.tensors(), index=self.index).split(size)
+        out = []
+        for i, part in enumerate(parts):
+            names = None if self.class_names is None else self.class_names[i * size:(i + 1) * size]
+            files = None if self.query_files is None else self.query_files[i * size:(i + 1) * size]
+            out.append(PredictionBatch(*part.tensors(), index=part.index, class_names=names, query_files=files))
+        return out

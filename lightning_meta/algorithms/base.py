@@ -295,6 +295,95 @@ class MetaLearner(pl.LightningModule):
                 self.log(f"{stage}/{name}_ci95", ci95, sync_dist=False)
         return summary
 
+    # ------------------------------------------------------------------ prediction on new classes
+    # ``predict_task`` (Python) and ``predict_step`` (``python -m lightning_meta predict``): one task's
+    # support set in, class probabilities of its queries out.  One call, no training loop; learners
+    # that adapt with gradients adapt on the support set, metric learners summarise it.
+    def predict_task(self, support_x: Tensor, support_y: Tensor, query_x: Tensor) -> Tensor:
+        """Class probabilities ``[M, ways]`` of the queries ``query_x`` given a labelled support set.
+
+        ``support_y`` holds class indices ``0..ways-1`` (every class at least once).  The learner is
+        evaluated as at test time (``eval()`` mode for the call, then restored; MAML-style learners
+        adapt with ``test_inner_steps`` steps); inputs are moved to the learner's device and the
+        probabilities stay there.  Classification only.
+
+        Example::
+
+            model = MAML.load_from_checkpoint("runs/.../best.ckpt")
+            probabilities = model.predict_task(support_x, support_y, query_x)   # [M, ways]
+            predicted = probabilities.argmax(1)
+        """
+        ways = prediction_ways(support_y)
+        if len(support_x) != len(support_y):
+            raise ValueError(f"{len(support_x)} support images but {len(support_y)} support labels")
+        if query_x.shape[1:] != support_x.shape[1:]:
+            raise ValueError(f"query images of shape {list(query_x.shape[1:])} differ from the support images'"
+                             f" {list(support_x.shape[1:])}")
+        support_x, support_y, query_x = (t.to(self.device) for t in (support_x, support_y, query_x))
+        self.check_prediction_classes(support_x, ways, "the support set")
+        training = self.training
+        self.eval()
+        try:
+            return self._predict_one(support_x, support_y, query_x, ways)
+        finally:
+            self.train(training)
+
+    def predict_step(self, batch: TaskBatch, batch_idx: int = 0, dataloader_idx: int = 0) -> Tensor:
+        """Probabilities ``[B, M, ways]`` of the queries of every task of ``batch`` (its ``query_y`` is unused).
+
+        Lightning has put the learner in ``eval()`` mode; a prediction writer callback (the CLI's
+        :class:`~lightning_meta.callbacks.PredictionCSV`) turns them into files.
+        """
+        ways = batch.ways
+        return torch.stack([self._predict_one(task.support_x, task.support_y, task.query_x, ways) for task in batch])
+
+    def prediction_probabilities(self, predictions: Tensor, ways: int) -> Tensor:
+        """Class probabilities from :meth:`evaluate_task`'s query predictions (logits, which evaluation
+        scores with cross-entropy): softmax over the first ``ways`` outputs (a classifier head may have
+        more outputs than the task has classes)."""
+        return predictions[..., :ways].float().softmax(-1)
+
+    def check_prediction_classes(self, support_x: Tensor, ways: int, source: str) -> None:
+        """Fail before predicting when the learner cannot take these images or output ``ways`` classes.
+
+        Runs :meth:`probe` on the support images (learners whose output does not fix a number of
+        classes, such as metric learners, return ``None`` and take any number).
+        """
+        try:
+            with torch.no_grad():
+                output = self.probe(support_x.to(self.device))
+        except RuntimeError as error:
+            raise ConfigurationError(
+                f"{source}: the model cannot take images of shape {list(support_x.shape[1:])}: {error}. Give images"
+                " decoded as the training images were (the data module of the training config does this)") from error
+        if output is not None and output.shape[-1] < ways:
+            raise ConfigurationError(
+                f"{source} has {ways} classes but the model outputs {output.shape[-1]} (its classifier head,"
+                " model.init_args.backbone.init_args.out_features, is fixed by training): give at most"
+                f" {output.shape[-1]} classes, or train a model with out_features >= {ways}")
+
+    def check_prediction_data(self, datamodule: Any) -> None:
+        """``setup("predict")``: check the data module's prediction task against the learner."""
+        prediction_set = getattr(datamodule, "prediction_set", None)
+        if prediction_set is None:
+            return
+        task = prediction_set()
+        source = f"data.init_args.support_dir={datamodule.support_dir!r}"
+        self.check_prediction_classes(task.support_x, task.ways, source)
+
+    def _predict_one(self, support_x: Tensor, support_y: Tensor, query_x: Tensor, ways: int) -> Tensor:
+        if support_y.is_floating_point():
+            raise ValueError(f"{type(self).__name__}: prediction classifies; float support targets mean regression")
+        if self.adapts_with_gradients and torch.is_inference_mode_enabled():
+            raise RuntimeError(
+                f"{type(self).__name__} adapts to the support set with gradients, which inference mode forbids:"
+                " build the Trainer with inference_mode=False (the lightning-meta CLI does this by default) and do"
+                " not call predict_task under torch.inference_mode()")
+        placeholder = torch.zeros(len(query_x), dtype=torch.long, device=query_x.device)
+        with torch.enable_grad() if self.adapts_with_gradients else torch.no_grad():
+            predictions, _ = self.evaluate_task(support_x, support_y, query_x, placeholder)
+        return self.prediction_probabilities(predictions.detach(), ways)
+
     # ------------------------------------------------------------------ checks and checkpoints
     def setup(self, stage: str) -> None:
         if str(self.trainer.precision).startswith("bf16") and self.device.type == "cpu" and not cpu_has_fast_bf16():
@@ -302,7 +391,9 @@ class MetaLearner(pl.LightningModule):
                            "fall back to slow kernels (measured ~10x slower than fp32 for Conv4) and meta-gradients "
                            "lose 20-50% of their accuracy. Use precision='32-true' on this machine")
         datamodule = getattr(self.trainer, "datamodule", None)
-        if datamodule is not None and hasattr(datamodule, "source"):
+        if stage == "predict":
+            self.check_prediction_data(datamodule)
+        elif datamodule is not None and hasattr(datamodule, "source"):
             split = "train" if stage == "fit" else ("val" if stage == "validate" else "test")
             self.check_data(datamodule, split)
 
@@ -384,3 +475,15 @@ def _set_rng_states(states: dict[str, Any]) -> None:
     np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, gauss))
     if "cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def prediction_ways(support_y: Tensor) -> int:
+    """The number of classes of a support set, checking its labels are ``0..N-1`` with each present."""
+    if support_y.is_floating_point() or support_y.dim() != 1 or support_y.numel() == 0:
+        raise ValueError(f"support labels must be a non-empty 1-D tensor of class indices, got "
+                         f"{tuple(support_y.shape)} {support_y.dtype} (prediction classifies; no regression)")
+    ways = int(support_y.max()) + 1
+    missing = sorted(set(range(ways)) - set(support_y.unique().tolist()))
+    if missing or int(support_y.min()) < 0:
+        raise ValueError(f"support labels must cover every class 0..{ways - 1} at least once; missing {missing}")
+    return ways

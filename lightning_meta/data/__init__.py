@@ -7,6 +7,8 @@ from lightning_meta.data.image_folder import ImageFolderDataModule
 from lightning_meta.data.miniimagenet import MiniImageNetDataModule
 from lightning_meta.data.npz import NpzDataModule
 from lightning_meta.data.omniglot import OmniglotDataModule
+from lightning_meta.data.prediction import PredictionSet, predict_folders
+from lightning_meta.data.preprocessing import ImagePreprocessing
 from lightning_meta.data.regression import (
     LinearDataModule,
     LinearTasks,
@@ -20,14 +22,17 @@ __all__ = [
     "EpisodeLoader",
     "EpisodeStream",
     "EpisodicDataModule",
+    "ImagePreprocessing",
     "ImageFolderDataModule",
     "LinearDataModule",
     "LinearTasks",
     "MiniImageNetDataModule",
     "NpzDataModule",
     "OmniglotDataModule",
+    "PredictionSet",
     "RegressionDataModule",
     "SinusoidDataModule",
     "SinusoidTasks",
     "episode_generator",
+    "predict_folders",
 ]

@@ -87,10 +87,7 @@ class ClassImages:
         x = self.images.index_select(0, self.offsets[base] + picks)
         if turn:
             x = torch.rot90(x, turn, dims=(-2, -1))
-        x = x.float().div_(255)
-        if self.mean is not None:
-            x = (x - self.mean) / self.std
-        return x
+        return scale_pixels(x, self.mean, self.std)
 
     def sample(self, generator: torch.Generator, ways: int, shots: int, queries: int) -> Task:
         classes = torch.randperm(self.num_classes, generator=generator)[:ways].tolist()
@@ -106,3 +103,14 @@ class ClassImages:
             torch.cat(support), labels.repeat_interleave(shots),
             torch.cat(query), labels.repeat_interleave(queries),
         )
+
+
+def scale_pixels(images: Tensor, mean: Optional[Tensor] = None, std: Optional[Tensor] = None) -> Tensor:
+    """uint8 pixels to floats in ``[0, 1]``, then ``(x - mean) / std`` per channel when given (``[C, 1, 1]``).
+
+    The one scaling of every image data module, shared by training episodes and prediction.
+    """
+    x = images.float().div_(255)
+    if mean is not None:
+        x = (x - mean) / std
+    return x

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import pytorch_lightning as pl
+from torch.utils.data import DataLoader
 
 from lightning_meta.data.episodes import EpisodeLoader, EpisodeSource, EpisodeStream, eval_plan, train_plan
 from lightning_meta.errors import ConfigurationError, optional_positive, require_positive
 
 FIELD = "data.init_args."
+
+if TYPE_CHECKING:
+    from lightning_meta.data.prediction import PredictionSet
+    from lightning_meta.data.preprocessing import ImagePreprocessing
 
 
 class EpisodicDataModule(pl.LightningDataModule):
@@ -28,6 +33,9 @@ class EpisodicDataModule(pl.LightningDataModule):
         val_episodes, test_episodes: sizes of the fixed, seeded validation and test sets.
         num_workers: loader processes building batches (0 builds them in the main process).
         seed: the seed every episode is drawn from.
+        support_dir, query_dir: ``predict`` only (image data modules): a folder of class sub-folders
+            of support images of new classes, and a folder of query images to classify (see
+            :mod:`lightning_meta.data.prediction`); decoded as the training images are.
 
     Example::
 
@@ -39,7 +47,7 @@ class EpisodicDataModule(pl.LightningDataModule):
     """
 
     is_regression = False
-    splits_needed = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
+    splits_needed = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ()}
 
     def __init__(
         self,
@@ -55,6 +63,8 @@ class EpisodicDataModule(pl.LightningDataModule):
         test_episodes: int = 600,
         num_workers: int = 0,
         seed: int = 0,
+        support_dir: Optional[str] = None,
+        query_dir: Optional[str] = None,
     ):
         super().__init__()
         for name, value in (("ways", ways), ("shots", shots), ("queries", queries),
@@ -78,7 +88,10 @@ class EpisodicDataModule(pl.LightningDataModule):
         self.episodes_per_epoch = episodes_per_epoch
         self.val_episodes, self.test_episodes = val_episodes, test_episodes
         self.num_workers, self.seed = num_workers, seed
+        self.support_dir = None if support_dir is None else str(support_dir)
+        self.query_dir = None if query_dir is None else str(query_dir)
         self.sources: dict[str, EpisodeSource] = {}
+        self._prediction: Optional["PredictionSet"] = None
 
     # ----------------------------------------------------------------- subclass hooks
     def load_split(self, split: str) -> EpisodeSource:
@@ -143,6 +156,8 @@ class EpisodicDataModule(pl.LightningDataModule):
             self._check_counts(split)
         for split in splits:
             self.source(split)
+        if stage == "predict":
+            self.prediction_set()
 
     def _check_counts(self, split: str) -> None:
         counts = None if split in self.sources else self.split_counts(split)
@@ -184,3 +199,41 @@ class EpisodicDataModule(pl.LightningDataModule):
     def _pin_memory(self) -> bool:
         trainer = self.trainer
         return trainer is not None and trainer.strategy.root_device.type == "cuda"
+
+    # ----------------------------------------------------------------- prediction (support_dir, query_dir)
+    @property
+    def predicting(self) -> bool:
+        """Whether the attached Trainer runs ``predict`` (which needs no training data: no download)."""
+        trainer = self.trainer
+        return trainer is not None and trainer.state.fn == "predict"
+
+    def preprocessing(self) -> "ImagePreprocessing":
+        """How this module decodes image files (shared by training and prediction); image modules implement it."""
+        if self.is_regression:
+            raise ConfigurationError(
+                f"{type(self).__name__} is a regression data module: predict classifies images of new classes"
+                " from a support folder; use a config whose data module reads images (Omniglot, ImageFolder, Npz,"
+                " MiniImageNet) with --data.init_args.support_dir and --data.init_args.query_dir")
+        raise ConfigurationError(
+            f"{type(self).__name__} cannot read prediction folders: it does not say how it decodes image files"
+            " (implement preprocessing()); predict works with the image data modules (Omniglot, ImageFolder, Npz,"
+            " MiniImageNet)")
+
+    def prediction_set(self) -> "PredictionSet":
+        """The task to predict from ``support_dir`` and ``query_dir``, checked and decoded once."""
+        if self._prediction is None:
+            from lightning_meta.data.prediction import read_prediction_set
+
+            preprocessing = self.preprocessing()
+            self._prediction = read_prediction_set(self.support_dir, self.query_dir, preprocessing,
+                                                   type(self).__name__)
+        return self._prediction
+
+    def predict_dataloader(self) -> DataLoader:
+        """One :class:`~lightning_meta.tasks.PredictionBatch` (``B = 1``): the support and query folders."""
+        return DataLoader([self.prediction_set().batch()], batch_size=1, collate_fn=_only_item)
+
+
+def _only_item(items: list):
+    """The collate function of a loader of ready-made batches (one per step)."""
+    return items[0]

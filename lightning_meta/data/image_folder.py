@@ -23,6 +23,7 @@ from lightning_meta.data.image_files import (
     split_classes,
     visible_subfolders,
 )
+from lightning_meta.data.preprocessing import ImagePreprocessing
 from lightning_meta.errors import ConfigurationError
 
 #: names of the folders of a predefined split, and the split each stands for
@@ -83,6 +84,7 @@ class ImageFolderDataModule(EpisodicDataModule):
         self.cache = cache
         self._layout: Optional[dict[str, ClassFiles]] = None
         self._format: Optional[tuple[int, Optional[int]]] = None
+        self._stored_size: Optional[tuple[int, int]] = None
         self._fingerprint: Optional[str] = None
 
     @property
@@ -146,11 +148,23 @@ class ImageFolderDataModule(EpisodicDataModule):
             if channels is None or self.image_size is None:
                 headers = ImageHeaders.read(paths)
             if self.image_size is None:
-                headers.uniform_size("image_size", self.folder)
+                self._stored_size = headers.uniform_size("image_size", self.folder)
             if channels is None:
                 channels = headers.channels("channels", self.folder)
             self._format = (channels, self.image_size)
         return self._format
+
+    def preprocessing(self) -> ImagePreprocessing:
+        """Decoding of every image, training and prediction alike (see the class doc).
+
+        With ``channels`` or ``image_size`` unset, the format is that of the training images (read
+        from their headers under ``root``): prediction images must then have their size, and be
+        greyscale when all of them were.
+        """
+        channels, size = (self.channels, self.image_size) if self.channels and self.image_size else self.image_format()
+        converts = self.channels is not None or channels == 3  # inferred 3: greyscale images were converted too
+        return ImagePreprocessing(channels=channels, image_size=size, invert=self.invert,
+                                  stored_size=self._stored_size, converts_channels=converts)
 
     def files_fingerprint(self) -> str:
         """A key of every file of every split and of the decoding settings: the format of a split
@@ -175,8 +189,7 @@ class ImageFolderDataModule(EpisodicDataModule):
         key = f"{split};{self.files_fingerprint()}"
 
         def decode():
-            channels, size = self.image_format()
-            return decode_images(paths, channels, size, invert=self.invert)
+            return self.preprocessing().decode(paths, decode_images)
 
         images = cached_decode(cache_path, key, files, decode)
         return ClassImages(images, files.counts, names=files.names, rotations=rotations)

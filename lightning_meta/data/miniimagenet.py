@@ -12,7 +12,8 @@ import torch
 
 from lightning_meta.data.class_images import ClassImages
 from lightning_meta.data.datamodule import FIELD, EpisodicDataModule
-from lightning_meta.data.image_files import check_image_size, resize_uint8
+from lightning_meta.data.image_files import check_image_size
+from lightning_meta.data.preprocessing import ImagePreprocessing
 from lightning_meta.errors import ConfigurationError
 
 #: split of the data module -> learn2learn's name of the split in the pickle file names
@@ -73,7 +74,7 @@ class MiniImageNetDataModule(EpisodicDataModule):
         return Path(self.root).expanduser() / pickle_name(split)
 
     def prepare_data(self) -> None:
-        if self.download:
+        if self.download and not self.predicting:  # predict decodes support_dir / query_dir only
             for split in MODES:
                 if not self.path(split).is_file():
                     self._download(split)
@@ -145,6 +146,12 @@ class MiniImageNetDataModule(EpisodicDataModule):
             self._pickles[split] = self.read(split)
         return self._pickles[split]
 
+    def preprocessing(self) -> ImagePreprocessing:
+        """RGB, resized to ``image_size`` (bilinear, antialiased, on uint8), scaled to [0, 1] and, with
+        ``normalize``, standardised with ImageNet's mean and std."""
+        mean, std = (IMAGENET_MEAN, IMAGENET_STD) if self.normalize else (None, None)
+        return ImagePreprocessing(channels=3, image_size=self.image_size, resampling="bilinear", mean=mean, std=std)
+
     def split_counts(self, split: str) -> tuple[int, int]:
         # the counts are inside the pickle: reading it is the cheapest way to know them
         counts = [len(rows) for rows in self.pickle(split)["class_dict"].values()]
@@ -171,6 +178,6 @@ class MiniImageNetDataModule(EpisodicDataModule):
             images = images[torch.from_numpy(rows)]
         images = images.permute(0, 3, 1, 2).contiguous()  # [N, 3, H, W], grouped by class
         del array, data
-        images = resize_uint8(images, self.image_size)
-        mean, std = (IMAGENET_MEAN, IMAGENET_STD) if self.normalize else (None, None)
-        return ClassImages(images, counts, names=names, mean=mean, std=std)
+        preprocessing = self.preprocessing()
+        images = preprocessing.resize(images)
+        return ClassImages(images, counts, names=names, mean=preprocessing.mean, std=preprocessing.std)

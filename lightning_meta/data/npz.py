@@ -17,6 +17,7 @@ from lightning_meta.data.image_files import (
     check_seed,
     split_classes,
 )
+from lightning_meta.data.preprocessing import ImagePreprocessing
 from lightning_meta.errors import ConfigurationError
 
 
@@ -114,6 +115,13 @@ class NpzDataModule(EpisodicDataModule):
                     " save it as (x * 255).round().astype(np.uint8) for [0, 1] images")
             self._shape = tuple(int(s) for s in shape)
         return self._shape
+
+    def preprocessing(self) -> ImagePreprocessing:
+        """How prediction images become the array's images: no resizing and no channel conversion (the
+        array holds pixels as they are), so they must have its size and channels; scaled to [0, 1]."""
+        shape = self.shape()
+        channels = shape[2] if len(shape) == 5 else 1
+        return ImagePreprocessing(channels=channels, stored_size=(shape[-1], shape[-2]), converts_channels=False)
 
     def assignment(self) -> dict[str, list[int]]:
         """Class indices (rows of the array) of "train", "val" and "test"."""

@@ -21,6 +21,7 @@ from lightning_meta.data.image_files import (
     image_names,
     visible_subfolders,
 )
+from lightning_meta.data.preprocessing import ImagePreprocessing
 from lightning_meta.errors import ConfigurationError, require_positive
 
 FOLDER = "omniglot-py"
@@ -134,7 +135,7 @@ class OmniglotDataModule(EpisodicDataModule):
         return root / FOLDER
 
     def prepare_data(self) -> None:
-        if self.download:
+        if self.download and not self.predicting:  # predict decodes support_dir / query_dir only
             self._download_missing()
 
     def _download_missing(self) -> None:
@@ -237,6 +238,10 @@ class OmniglotDataModule(EpisodicDataModule):
         return [listing.names[i] for i in self.assignment()[split]]
 
     # ----------------------------------------------------------------- loading
+    def preprocessing(self) -> ImagePreprocessing:
+        """Greyscale, Lanczos-resized to ``image_size``, inverted (bright strokes), scaled to [0, 1]."""
+        return ImagePreprocessing(channels=1, image_size=self.image_size, invert=True)
+
     def decoded(self) -> torch.Tensor:
         """All characters' images, uint8 ``[total, 1, image_size, image_size]``, in :meth:`catalog` order."""
         if self._images is None:
@@ -246,7 +251,7 @@ class OmniglotDataModule(EpisodicDataModule):
             cache_path = folder / f".lightning_meta_{self.image_size}.pt" if self.cache else None
             key = fingerprint(paths, folder, f"omniglot;size={self.image_size};L;lanczos;inverted")
             self._images = cached_decode(cache_path, key, listing,
-                                         lambda: decode_images(paths, 1, self.image_size, invert=True))
+                                         lambda: self.preprocessing().decode(paths, decode_images))
         return self._images
 
     def split_counts(self, split: str) -> tuple[int, int]:
