@@ -4,9 +4,10 @@ Conv4 embedding (64 filters, max-pooling, 28x28 hanzi images), 5-way 1-shot, 15 
 learn2learn's ``LightningPrototypicalNetworks`` handles one task per batch, so its side is 32 calls of
 its ``meta_learn`` (embed the task, prototypes, logits, loss), each followed by ``(loss / 32).backward()``,
 then one Adam step.  Ours is the real ``PrototypicalNetwork.training_step`` in ``Trainer.fit``, with the
-meta-batch embedded in one pass (``embed_together=True``, the default) and episode by episode.  Both
-start from copies of one embedding and train on the same pre-built meta-batch; the first step's
-gradients are compared.
+meta-batch embedded in one pass (``embed_together=True``) and episode by episode (the default).  Each
+side runs its own library's Conv4 (learn2learn's ``CNN4Backbone``, ours ``Conv4(pooling="max")``: the
+same function) from the same weights on the same pre-built meta-batch; the first step's gradients
+are compared.
 
     python -m benchmarks.protonet_step            # ~2 minutes on a quiet 2-core CPU
     python -m benchmarks.protonet_step --tiny     # seconds: meta-batch 2
@@ -52,7 +53,7 @@ VARIANTS = ("learn2learn", "ours embed_together", "ours per episode")
 MEMORY_STEPS = 2
 
 
-def build_embedding() -> nn.Module:
+def build_embedding() -> Conv4:
     torch.manual_seed(0)
     return Conv4(1, None, pooling="max", batch_norm_stats="running")
 
@@ -61,13 +62,35 @@ def build_batch(meta_batch: int) -> TaskBatch:
     return image_batch(ClassImages.from_array(load_hanzi()), meta_batch, WAYS, SHOTS, QUERIES)
 
 
-class L2LProtoNet:
-    """learn2learn's ``LightningPrototypicalNetworks``: one ``meta_learn`` and backward per task, one Adam step."""
+def learn2learn_backbone(embedding: Conv4) -> nn.Module:
+    """learn2learn's own Conv4 (``CNN4Backbone``: conv -> BatchNorm -> ReLU -> max-pool, flattened)
+    holding ``embedding``'s weights; its convolution biases, which ours lacks, are zero."""
+    from benchmarks.reference import l2l
 
-    def __init__(self, embedding: nn.Module):
+    backbone = l2l.vision.models.CNN4Backbone(hidden_size=64, layers=4, channels=1, max_pool=True)
+    state = {}
+    for name, value in embedding.state_dict().items():
+        block, layer, field = name.split(".")[1:]
+        state[f"{block}.{'conv' if layer == '0' else 'normalize'}.{field}"] = value.contiguous()
+    state.update({f"{i}.conv.bias": torch.zeros(64) for i in range(4)})
+    backbone.load_state_dict(state)
+    return backbone
+
+
+def ours_name(learn2learn_name: str) -> str:
+    """``0.conv.weight`` -> ``features.0.0.weight`` (the parameter's name in our Conv4)."""
+    block, layer, field = learn2learn_name.split(".")
+    return f"features.{block}.{0 if layer == 'conv' else 1}.{field}"
+
+
+class L2LProtoNet:
+    """learn2learn's ``LightningPrototypicalNetworks`` on its own Conv4 with our weights: one
+    ``meta_learn`` and backward per task, one Adam step."""
+
+    def __init__(self, embedding: Conv4):
         from benchmarks.reference import l2l
 
-        self.module = l2l.algorithms.LightningPrototypicalNetworks(copy.deepcopy(embedding))
+        self.module = l2l.algorithms.LightningPrototypicalNetworks(learn2learn_backbone(embedding))
         self.optimizer = torch.optim.Adam(self.module.parameters(), lr=1e-3)
 
     @staticmethod
@@ -94,7 +117,9 @@ class L2LProtoNet:
         self.optimizer.step()
 
     def gradients(self) -> dict[str, torch.Tensor]:
-        return {n: p.grad.detach().clone() for n, p in self.module.features.named_parameters() if p.grad is not None}
+        """The gradients under our parameter names (the convolution biases we do not have left out)."""
+        return {ours_name(n): p.grad.detach().clone() for n, p in self.module.features.named_parameters()
+                if p.grad is not None and not n.endswith("conv.bias")}
 
 
 def time_reference(embedding: nn.Module, batch: TaskBatch, steps: int, warmup: int, load: ForeignLoad):

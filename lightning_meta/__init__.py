@@ -11,7 +11,17 @@ Example::
     trainer.fit(model, SinusoidDataModule())
 """
 
-from lightning_meta.algorithms import ANIL, MAML, MetaLearner, MetaSGD, MetricLearner, PrototypicalNetwork
+from lightning_meta.algorithms import (
+    ANIL,
+    MAML,
+    MatchingNetwork,
+    MetaLearner,
+    MetaSGD,
+    MetricLearner,
+    PrototypicalNetwork,
+    RelationNetwork,
+    SiameseNetwork,
+)
 from lightning_meta.data import (
     ClassImages,
     EpisodicDataModule,
@@ -35,6 +45,7 @@ __all__ = [
     "ImageFolderDataModule",
     "LinearDataModule",
     "MAML",
+    "MatchingNetwork",
     "MetaLearner",
     "MetaSGD",
     "MetricLearner",
@@ -42,6 +53,8 @@ __all__ = [
     "NpzDataModule",
     "OmniglotDataModule",
     "PrototypicalNetwork",
+    "RelationNetwork",
+    "SiameseNetwork",
     "SinusoidDataModule",
     "Task",
     "TaskBatch",

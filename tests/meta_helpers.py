@@ -78,3 +78,13 @@ def pixel_prototype_accuracy(data: pl.LightningDataModule) -> torch.Tensor:
         distances = ((batch.query_x.unsqueeze(2) - prototypes.unsqueeze(1)) ** 2).flatten(3).sum(-1)
         accuracies.append((distances.argmin(-1) == batch.query_y).float().mean(1)[keep])
     return torch.cat(accuracies)
+
+
+def episode_alone_and_among_others(model: pl.LightningModule, shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Evaluation predictions ``[B, M, C]`` of two 4-episode batches whose episode 2 is the same and
+    whose other episodes differ (5-way 1-shot, 3 queries)."""
+    first = random_classification_batch(4, 5, 1, 3, shape, seed=1)
+    mixed = random_classification_batch(4, 5, 1, 3, shape, seed=2)
+    for field in ("support_x", "support_y", "query_x", "query_y"):
+        getattr(mixed, field)[2] = getattr(first, field)[2]
+    return model.evaluate_batch(first)[0], model.evaluate_batch(mixed)[0]

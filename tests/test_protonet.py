@@ -9,8 +9,8 @@ import pytest
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from meta_helpers import (DATA_DIR, meta_gradient, pixel_prototype_accuracy, quiet_trainer, random_classification_batch,
-                          relative_difference)
+from meta_helpers import (DATA_DIR, episode_alone_and_among_others, meta_gradient, pixel_prototype_accuracy,
+                          quiet_trainer, random_classification_batch, relative_difference)
 from torch import nn
 
 from lightning_meta import ConfigurationError, NpzDataModule, PrototypicalNetwork
@@ -66,13 +66,7 @@ def test_an_episode_is_evaluated_alone_whatever_its_batch():
     with torch.no_grad():
         model.embed(torch.randn(32, 1, 28, 28) * 3 + 1)
     model.eval()
-    first = random_classification_batch(4, 5, 1, 3, (1, 28, 28), seed=1)
-    second = random_classification_batch(4, 5, 1, 3, (1, 28, 28), seed=2)
-    mixed = copy.deepcopy(second)
-    for field in ("support_x", "support_y", "query_x", "query_y"):
-        getattr(mixed, field)[2] = getattr(first, field)[2]
-    alone, _ = model.evaluate_batch(first)
-    among_others, _ = model.evaluate_batch(mixed)
+    alone, among_others = episode_alone_and_among_others(model, (1, 28, 28))
     assert torch.equal(alone[2], among_others[2])
 
 
@@ -143,3 +137,25 @@ def test_protonet_learns_held_out_hanzi(shots, ways, steps, target):
     pixels = pixel_prototype_accuracy(data).mean().item()
     assert ours["test/acc"] >= target
     assert ours["test/acc"] > pixels + 3 * ours["test/acc_ci95"]
+
+
+def test_gradient_equals_learn2learns_prototypical_network_in_float64():
+    """The reference: learn2learn's ``LightningPrototypicalNetworks.meta_learn`` on the same episodes
+    and weights (its layout: each class's shots, then its queries; placed so that its unstable sort by
+    label puts them back there)."""
+    l2l = pytest.importorskip("learn2learn")
+    torch.manual_seed(0)
+    embedding = Conv4(1, None, hidden_channels=8, pooling="max", batch_norm_stats="running").double()
+    ways, shots, queries = 4, 2, 3
+    batch = random_classification_batch(3, ways, shots, queries, (1, 28, 28))
+    reference = l2l.algorithms.LightningPrototypicalNetworks(copy.deepcopy(embedding))
+    for support_x, support_y, query_x, query_y in batch:
+        intended = torch.cat([torch.cat([support_x[support_y == c], query_x[query_y == c]]) for c in range(ways)])
+        labels = torch.arange(ways).repeat_interleave(shots + queries)
+        data = torch.empty_like(intended)
+        data[torch.sort(labels).indices] = intended
+        loss, _ = reference.meta_learn((data.unsqueeze(0).double(), labels.unsqueeze(0)), 0, ways, shots, queries)
+        (loss / batch.num_tasks).backward()
+    expected = {f"embedding.{n}": p.grad for n, p in reference.features.named_parameters()}
+    ours = meta_gradient(PrototypicalNetwork(copy.deepcopy(embedding)), batch)
+    assert relative_difference(ours, expected) < 1e-10

@@ -3,8 +3,12 @@
 from lightning_meta.algorithms.anil import ANIL
 from lightning_meta.algorithms.base import MetaLearner
 from lightning_meta.algorithms.maml import MAML
+from lightning_meta.algorithms.matching import MatchingNetwork
 from lightning_meta.algorithms.meta_sgd import MetaSGD
 from lightning_meta.algorithms.metric import MetricLearner
 from lightning_meta.algorithms.protonet import PrototypicalNetwork
+from lightning_meta.algorithms.relation import RelationNetwork
+from lightning_meta.algorithms.siamese import SiameseNetwork
 
-__all__ = ["ANIL", "MAML", "MetaLearner", "MetaSGD", "MetricLearner", "PrototypicalNetwork"]
+__all__ = ["ANIL", "MAML", "MatchingNetwork", "MetaLearner", "MetaSGD", "MetricLearner", "PrototypicalNetwork",
+           "RelationNetwork", "SiameseNetwork"]

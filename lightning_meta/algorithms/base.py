@@ -313,7 +313,7 @@ class MetaLearner(pl.LightningModule):
             probabilities = model.predict_task(support_x, support_y, query_x)   # [M, ways]
             predicted = probabilities.argmax(1)
         """
-        ways = prediction_ways(support_y)
+        ways = support_set_ways(support_y)
         if len(support_x) != len(support_y):
             raise ValueError(f"{len(support_x)} support images but {len(support_y)} support labels")
         if query_x.shape[1:] != support_x.shape[1:]:
@@ -477,7 +477,7 @@ def _set_rng_states(states: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
-def prediction_ways(support_y: Tensor) -> int:
+def support_set_ways(support_y: Tensor) -> int:
     """The number of classes of a support set, checking its labels are ``0..N-1`` with each present."""
     if support_y.is_floating_point() or support_y.dim() != 1 or support_y.numel() == 0:
         raise ValueError(f"support labels must be a non-empty 1-D tensor of class indices, got "

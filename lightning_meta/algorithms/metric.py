@@ -8,8 +8,12 @@ hooks on embeddings:
   method keeps of the support set (class prototypes, the support set itself, ...);
 * :meth:`MetricLearner.classify` ``(state, query_features) -> logits [M, ways]``.
 
-The base trains on meta-batches (the whole meta-batch embedded in one forward pass by default, a
-speed option: ``embed_together``), evaluates every episode on its own with the embedding in
+Training minimises :meth:`MetricLearner.episode_loss`, by default :meth:`MetricLearner.task_loss`
+(cross-entropy) of the query logits; a method whose loss needs more than the class logits (Siamese
+networks: the scores of (query, support) pairs) overrides it.
+
+The base trains on meta-batches (one episode's forward and backward at a time, or the whole
+meta-batch embedded in one pass: ``embed_together``), evaluates every episode on its own with the embedding in
 ``eval()`` mode (running BatchNorm statistics, so an episode's predictions never depend on the
 other episodes of its batch), and offers the stateful interface of learn2learn and
 pytorch-meta: ``process_support_set(support_x, support_y)`` then ``forward(query_x) -> logits``.
@@ -23,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_meta.algorithms.base import FIELD, MetaLearner
+from lightning_meta.algorithms.base import FIELD, MetaLearner, support_set_ways
 from lightning_meta.errors import ConfigurationError
 from lightning_meta.models.backbone import build_module
 from lightning_meta.tasks import TaskBatch
@@ -38,8 +42,10 @@ class MetricLearner(MetaLearner):
             BatchNorm layers must keep running statistics: episodes are evaluated in ``eval()``
             mode, independently of each other.
         embed_together: in training, embed the support and query images of all episodes of a
-            meta-batch in one forward pass (faster; BatchNorm then normalises over the meta-batch)
-            instead of one pass per episode.
+            meta-batch in one forward pass instead of one pass (and one backward) per episode.
+            BatchNorm then normalises over the meta-batch.  Off by default: on a 2-core CPU it was
+            0.6-0.8x as fast and took 11x the memory (``python -m benchmarks.protonet_step``,
+            Conv4, 5-way 1-shot, meta-batch 32); it may pay on a GPU, where a step is overhead-bound.
         Remaining arguments: see :class:`~lightning_meta.algorithms.base.MetaLearner`.
 
     Example::
@@ -59,7 +65,7 @@ class MetricLearner(MetaLearner):
     def __init__(
         self,
         embedding: nn.Module,
-        embed_together: bool = True,
+        embed_together: bool = False,
         outer_lr: float = 1e-3,
         gradient_clip_val: Optional[float] = None,
         accumulate_grad_batches: int = 1,
@@ -85,6 +91,16 @@ class MetricLearner(MetaLearner):
         """The training loss of one episode's query logits (cross-entropy; Relation uses MSE)."""
         return F.cross_entropy(logits, query_y)
 
+    def episode_loss(self, support_features: Tensor, support_y: Tensor, query_features: Tensor,
+                     query_y: Tensor) -> tuple[Tensor, Tensor]:
+        """One training episode's loss and query logits ``[M, ways]`` from its embeddings.
+
+        The default is :meth:`task_loss` of :meth:`task_logits`; override it when the loss needs
+        more than the class logits (Siamese networks train on the scores of (query, support) pairs).
+        """
+        logits = self.task_logits(support_features, support_y, query_features)
+        return self.task_loss(logits, query_y), logits
+
     def probabilities(self, logits: Tensor) -> Tensor:
         """Class probabilities from :meth:`classify`'s logits (softmax)."""
         return logits.softmax(-1)
@@ -108,8 +124,7 @@ class MetricLearner(MetaLearner):
             model.process_support_set(support_images, support_labels)
             probabilities = model.probabilities(model(query_images))
         """
-        check_support_labels(support_y)
-        ways = int(support_y.max()) + 1
+        ways = support_set_ways(support_y)
         self._support = self.support_state(self.embed(support_x), support_y, ways)
 
     def forward(self, query_x: Tensor) -> Tensor:
@@ -123,8 +138,7 @@ class MetricLearner(MetaLearner):
     def training_objective(self, params: Any, support_x: Tensor, support_y: Tensor, query_x: Tensor,
                            query_y: Tensor) -> tuple[Tensor, Tensor]:
         features = self.embed(torch.cat([support_x, query_x]))
-        logits = self.task_logits(features[: len(support_x)], support_y, features[len(support_x):])
-        return self.task_loss(logits, query_y), logits
+        return self.episode_loss(features[: len(support_x)], support_y, features[len(support_x):], query_y)
 
     def outer_backward(self, batch: TaskBatch, sync: bool = True, scale: float = 1.0) -> tuple[Tensor, Tensor]:
         if not self.embed_together:
@@ -134,9 +148,10 @@ class MetricLearner(MetaLearner):
         features = self.embed(torch.cat([support_x.flatten(0, 1), query_x.flatten(0, 1)]))
         support_features = features[: tasks * shots].unflatten(0, (tasks, shots))
         query_features = features[tasks * shots:].unflatten(0, (tasks, queries))
-        logits = torch.stack([self.task_logits(support_features[i], support_y[i], query_features[i])
-                              for i in range(tasks)])
-        losses = torch.stack([self.task_loss(logits[i], query_y[i]) for i in range(tasks)])
+        outputs = [self.episode_loss(support_features[i], support_y[i], query_features[i], query_y[i])
+                   for i in range(tasks)]
+        losses = torch.stack([loss for loss, _ in outputs])
+        logits = torch.stack([logits for _, logits in outputs])
         self._check_finite(losses.detach())
         with self._backward_sync(sync):
             self.manual_backward(losses.mean() * scale)
@@ -167,13 +182,3 @@ def require_running_statistics(embedding: nn.Module) -> None:
                 f"images: set batch_norm_stats: running on the backbone ({FIELD}embedding.init_args."
                 "batch_norm_stats) or use track_running_stats=True")
 
-
-def check_support_labels(support_y: Tensor) -> None:
-    """Support labels must be ``0..N-1`` with every class present."""
-    if support_y.is_floating_point() or support_y.ndim != 1 or support_y.numel() == 0:
-        raise ValueError(f"support labels must be a non-empty 1-D integer tensor, got {tuple(support_y.shape)} "
-                         f"{support_y.dtype}")
-    ways = int(support_y.max()) + 1
-    missing = sorted(set(range(ways)) - set(support_y.unique().tolist()))
-    if missing or int(support_y.min()) < 0:
-        raise ValueError(f"the support set must hold every class 0..{ways - 1} at least once; missing {missing}")

@@ -52,7 +52,7 @@ class PrototypicalNetwork(MetricLearner):
         embedding: nn.Module,
         distance: str = "euclidean",
         temperature: float = 10.0,
-        embed_together: bool = True,
+        embed_together: bool = False,
         outer_lr: float = 1e-3,
         gradient_clip_val: Optional[float] = None,
         accumulate_grad_batches: int = 1,

@@ -18,16 +18,16 @@ def conv_block(in_channels: int, out_channels: int, pooling: str, batch_norm_sta
     """conv 3x3 -> BatchNorm -> ReLU, downsampled by a stride-2 convolution or a 2x2 max-pool.
 
     The convolution has no bias: BatchNorm subtracts the batch mean, so a bias would get a zero
-    gradient (only rounding noise, which Adam would amplify into drift).
+    gradient (only rounding noise, which Adam would amplify into drift).  With max-pooling the
+    block pools before the ReLU: the same function and gradient (``relu`` and ``max`` commute),
+    with the ReLU on a quarter of the values.
     """
     stride = 2 if pooling == "stride" else 1
     layers: list[nn.Module] = [
         nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False),
         BatchNorm2d(out_channels, track_running_stats=batch_norm_stats == "running"),
-        nn.ReLU(),
     ]
-    if pooling == "max":
-        layers.append(nn.MaxPool2d(2))
+    layers += [nn.MaxPool2d(2), nn.ReLU()] if pooling == "max" else [nn.ReLU()]
     return nn.Sequential(*layers)
 
 
@@ -37,7 +37,9 @@ class Conv4(Backbone):
     * Omniglot variant (default): 64 channels, stride-2 convolutions, features averaged over space
       (64 features), as in MAML's Omniglot model.
     * mini-ImageNet variant: ``hidden_channels=32, pooling="max", in_channels=3, image_size=84``:
-      2x2 max-pooling and the flattened ``32 x 5 x 5`` map as features.
+      2x2 max-pooling and the flattened ``32 x 5 x 5`` map as features.  The max-pool variant
+      keeps its weights and activations channels-last, which makes max-pooling and the
+      convolutions' backward much faster on CPU (the results are the same).
 
     ``batch_norm_stats="batch"`` (default) normalises with the statistics of the current batch in
     training and evaluation alike, as MAML does (no running buffers: they would leak statistics
@@ -76,6 +78,16 @@ class Conv4(Backbone):
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.xavier_uniform_(module.weight)
+        self.channels_last = pooling == "max"
+        if self.channels_last:
+            # measured on a 2-core CPU: a ProtoNet episode's forward and backward 1.5x faster, mostly in
+            # max-pooling; for the stride-2 variant it made no difference
+            self.to(memory_format=torch.channels_last)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.head(self.features(x))
 
 
 class _SpatialMean(nn.Module):
