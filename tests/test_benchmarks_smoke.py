@@ -18,6 +18,8 @@ REPO = Path(__file__).resolve().parents[1]
 TABLES = {
     "MAML outer step: lightning-meta vs learn2learn": ("implementation", "step ms", "l2l/ours", "peak MiB",
                                                        "ours/l2l mem", "grad diff"),
+    "Prototypical network training step: lightning-meta vs learn2learn": ("ours per episode", "ours embed_together",
+                                                                           "l2l/ours", "ours/l2l mem"),
     "Trainer.fit throughput: episodic data loading vs compute only": ("num_workers", "tasks/s", "vs compute only"),
 }
 
