@@ -92,3 +92,20 @@ def test_impossible_ways_fail_before_training(tmp_path):
     assert run.returncode == 2
     assert "data.init_args.test_ways=20" in run.stderr or "data.init_args.ways=20" in run.stderr
     assert "Epoch 0" not in run.stdout + run.stderr
+
+
+@pytest.mark.parametrize("name", ["protonet_omniglot_5w1s", "matching_omniglot_5w1s", "relation_omniglot_5w1s",
+                                  "siamese_omniglot_5w1s"])
+def test_metric_learner_configs_fit_and_test_through_the_cli(tmp_path, name):
+    """Each metric learner's paper config runs as shipped (optimizer, schedule, embedding), shrunk to
+    the tiny fixture: background split, 5-way, 2 queries."""
+    root = make_omniglot(tmp_path / "data", background=(3,) * 8, evaluation=(3, 3), drawings=5)
+    run = cli("fit", "--config", str(REPO / "configs" / f"{name}.yaml"), "--data.init_args.root", str(root),
+              "--data.init_args.download", "false", "--data.init_args.split", "background",
+              "--data.init_args.ways", "5", "--data.init_args.queries", "2", "--data.init_args.test_queries", "2",
+              "--data.init_args.meta_batch_size", "2", "--data.init_args.episodes_per_epoch", "4",
+              "--data.init_args.val_episodes", "4", "--data.init_args.test_episodes", "6",
+              "--trainer.max_epochs", "2", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-4000:]
+    assert "test/acc = " in run.stdout + run.stderr and "95% CI over 6 episodes" in run.stdout + run.stderr
+    assert list((tmp_path / "runs").rglob("best.ckpt"))
