@@ -2,13 +2,17 @@
 
 from lightning_meta.algorithms.anil import ANIL
 from lightning_meta.algorithms.base import MetaLearner
+from lightning_meta.algorithms.domain_adversarial import DomainAdversarial
+from lightning_meta.algorithms.finetune import Baseline, BaselinePlusPlus, FineTuningBaseline
 from lightning_meta.algorithms.maml import MAML
 from lightning_meta.algorithms.matching import MatchingNetwork
 from lightning_meta.algorithms.meta_sgd import MetaSGD
 from lightning_meta.algorithms.metric import MetricLearner
 from lightning_meta.algorithms.protonet import PrototypicalNetwork
 from lightning_meta.algorithms.relation import RelationNetwork
+from lightning_meta.algorithms.reptile import Reptile
 from lightning_meta.algorithms.siamese import SiameseNetwork
 
-__all__ = ["ANIL", "MAML", "MatchingNetwork", "MetaLearner", "MetaSGD", "MetricLearner", "PrototypicalNetwork",
-           "RelationNetwork", "SiameseNetwork"]
+__all__ = ["ANIL", "Baseline", "BaselinePlusPlus", "DomainAdversarial", "FineTuningBaseline", "MAML",
+           "MatchingNetwork", "MetaLearner", "MetaSGD", "MetricLearner", "PrototypicalNetwork", "RelationNetwork",
+           "Reptile", "SiameseNetwork"]

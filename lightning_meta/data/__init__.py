@@ -2,6 +2,7 @@
 
 from lightning_meta.data.class_images import ClassImages
 from lightning_meta.data.datamodule import EpisodicDataModule
+from lightning_meta.data.domains import DomainPairDataModule
 from lightning_meta.data.episodes import EpisodeLoader, EpisodeStream, episode_generator
 from lightning_meta.data.image_folder import ImageFolderDataModule
 from lightning_meta.data.miniimagenet import MiniImageNetDataModule
@@ -16,9 +17,11 @@ from lightning_meta.data.regression import (
     SinusoidDataModule,
     SinusoidTasks,
 )
+from lightning_meta.data.supervised import SupervisedStream
 
 __all__ = [
     "ClassImages",
+    "DomainPairDataModule",
     "EpisodeLoader",
     "EpisodeStream",
     "EpisodicDataModule",
@@ -33,6 +36,7 @@ __all__ = [
     "RegressionDataModule",
     "SinusoidDataModule",
     "SinusoidTasks",
+    "SupervisedStream",
     "episode_generator",
     "predict_folders",
 ]

@@ -8,6 +8,7 @@ import pytorch_lightning as pl
 from torch.utils.data import DataLoader
 
 from lightning_meta.data.episodes import EpisodeLoader, EpisodeSource, EpisodeStream, eval_plan, train_plan
+from lightning_meta.data.supervised import TRAIN_BATCHES, SupervisedStream, check_supervised_split
 from lightning_meta.errors import ConfigurationError, optional_positive, require_positive
 
 FIELD = "data.init_args."
@@ -36,6 +37,12 @@ class EpisodicDataModule(pl.LightningDataModule):
         support_dir, query_dir: ``predict`` only (image data modules): a folder of class sub-folders
             of support images of new classes, and a folder of query images to classify (see
             :mod:`lightning_meta.data.prediction`); decoded as the training images are.
+        train_batches: ``"episodes"`` (default) or ``"supervised"``: class-balanced batches ``(x, y)``
+            of ``batch_size`` images labelled with their meta-training class (``0 ..
+            num_train_classes - 1``, rotations included) for methods that pre-train on ordinary
+            batches (fine-tuning baselines); validation and test stay episodic.  See
+            :mod:`lightning_meta.data.supervised`.
+        batch_size: images per supervised training batch, summed over all processes.
 
     Example::
 
@@ -65,8 +72,28 @@ class EpisodicDataModule(pl.LightningDataModule):
         seed: int = 0,
         support_dir: Optional[str] = None,
         query_dir: Optional[str] = None,
+        train_batches: str = "episodes",
+        batch_size: Optional[int] = None,
     ):
         super().__init__()
+        if train_batches not in TRAIN_BATCHES:
+            raise ConfigurationError(f"{FIELD}train_batches={train_batches!r} is unknown: choose one of "
+                                     f"{', '.join(TRAIN_BATCHES)}")
+        if train_batches == "supervised":
+            if self.is_regression:
+                raise ConfigurationError(
+                    f"{FIELD}train_batches='supervised' asks {type(self).__name__}, a regression data module, for "
+                    "class-labelled batches: supervised pre-training needs classes of images; use train_batches: "
+                    "episodes, or an image data module (Omniglot, MiniImageNet, Npz, ImageFolder)")
+            if batch_size is None:
+                raise ConfigurationError(f"{FIELD}train_batches='supervised' needs {FIELD}batch_size (images per "
+                                         "training batch, e.g. 16)")
+            require_positive(FIELD + "batch_size", batch_size)
+        elif batch_size is not None:
+            raise ConfigurationError(f"{FIELD}batch_size={batch_size} applies to supervised batches only: set "
+                                     f"{FIELD}train_batches: supervised, or leave batch_size unset (episodes use "
+                                     "meta_batch_size)")
+        self.train_batches, self.batch_size = train_batches, batch_size
         for name, value in (("ways", ways), ("shots", shots), ("queries", queries),
                             ("meta_batch_size", meta_batch_size), ("episodes_per_epoch", episodes_per_epoch),
                             ("val_episodes", val_episodes), ("test_episodes", test_episodes)):
@@ -114,7 +141,10 @@ class EpisodicDataModule(pl.LightningDataModule):
         return self.test_ways, self.test_shots, self.test_queries
 
     def check_split(self, split: str, num_classes: int, min_samples: Optional[int]) -> None:
-        """Reject episodes that ``split`` cannot supply, naming the field to change."""
+        """Reject episodes (or supervised batches) that ``split`` cannot supply, naming the field to change."""
+        if split == "train" and self.train_batches == "supervised":
+            check_supervised_split(split, num_classes, min_samples, self.batch_size)
+            return
         ways, shots, queries = self.setting(split)
         prefix = "" if split == "train" else "test_"
         if num_classes < ways:
@@ -173,11 +203,20 @@ class EpisodicDataModule(pl.LightningDataModule):
             self.sources[split] = source
         return self.sources[split]
 
+    @property
+    def num_train_classes(self) -> int:
+        """Classes of the meta-training split (rotations included): the labels of supervised batches."""
+        counts = None if "train" in self.sources else self.split_counts("train")
+        return counts[0] if counts is not None else self.source("train").num_classes
+
     def train_dataloader(self) -> EpisodeLoader:
         rank, world_size = self.world
+        clock = self._training_clock if self.trainer is not None else None
+        if self.train_batches == "supervised":
+            stream = SupervisedStream(self.source("train"), self.batch_size, self.seed, rank, world_size)
+            return EpisodeLoader(stream, self.num_workers, self._pin_memory(), clock=clock)  # type: ignore[arg-type]
         plan = train_plan(self.steps_per_epoch, self.meta_batch_size, rank, world_size)
         stream = EpisodeStream(self.source("train"), "train", plan, *self.setting("train"), seed=self.seed, epoch=0)
-        clock = self._training_clock if self.trainer is not None else None
         return EpisodeLoader(stream, self.num_workers, self._pin_memory(), clock=clock)
 
     def val_dataloader(self) -> EpisodeLoader:

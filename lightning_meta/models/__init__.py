@@ -3,9 +3,10 @@ embedding and relation modules of Relation networks."""
 
 from lightning_meta.models.backbone import Backbone, build_module, module_spec
 from lightning_meta.models.conv4 import Conv4
+from lightning_meta.models.gradient_reversal import GradientReversal
 from lightning_meta.models.mlp import MLP
 from lightning_meta.models.relation import RelationEmbedding, RelationModule
 from lightning_meta.models.resnet12 import ResNet12
 
-__all__ = ["Backbone", "Conv4", "MLP", "RelationEmbedding", "RelationModule", "ResNet12", "build_module",
+__all__ = ["Backbone", "Conv4", "GradientReversal", "MLP", "RelationEmbedding", "RelationModule", "ResNet12", "build_module",
            "module_spec"]

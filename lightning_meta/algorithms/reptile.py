@@ -1,0 +1,372 @@
+"""Reptile (Nichol, Achiam, Schulman 2018): move the initialisation towards each task's fine-tuned weights."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence, Union
+
+import torch
+from pytorch_lightning.utilities import rank_zero_info
+from torch import Tensor, nn
+from torch.func import functional_call, vmap
+
+from lightning_meta.algorithms.base import FIELD, MetaLearner
+from lightning_meta.data.episodes import episode_generator
+from lightning_meta.errors import ConfigurationError, optional_positive, require_positive
+from lightning_meta.inner_loop import Forward, Params, has_batchnorm, inner_gradients, sub_params
+from lightning_meta.models.backbone import build_module
+from lightning_meta.tasks import TaskBatch
+
+INNER_OPTIMIZERS = ("sgd", "adam")
+
+#: salt of the generators that order the inner-loop mini-batches (distinct from the episode sampler's)
+INNER_BATCH_SEED = 20180308
+
+#: at most this many images per vectorised chunk in non-transductive evaluation (support + one query each)
+GROUP_IMAGES = 1024
+
+
+@dataclass
+class _OrderedTasks(TaskBatch):
+    """A :class:`TaskBatch` that also carries each task's inner-loop example order ``[B, steps * batch]``.
+
+    ``tensors()`` returns it as a fifth tensor, so ``MetaLearner.outer_backward`` and
+    ``MetaLearner.evaluate_batch`` hand it to :meth:`Reptile.training_objective` and
+    :meth:`Reptile.evaluate_task` in loop and vmap mode alike.
+    """
+
+    order: Optional[Tensor] = None
+
+    def tensors(self) -> tuple[Tensor, ...]:  # type: ignore[override]
+        return self.support_x, self.support_y, self.query_x, self.query_y, self.order
+
+
+class InnerOptimizer:
+    """A functional first-order optimiser for the inner loop: plain SGD or Adam, fresh for each task.
+
+    ``step(params, grads)`` returns new parameters and keeps its moments in the object (one per task
+    adaptation, created by :meth:`Reptile.adapt`).  The Adam update is ``torch.optim.Adam``'s,
+    operation for operation (bias corrections included), so it can be checked against it.
+
+    Example::
+
+        opt = InnerOptimizer("adam", lr=1e-3, betas=(0.0, 0.999), eps=1e-8)
+        params = opt.step(params, grads)
+    """
+
+    def __init__(self, kind: str, lr: float, betas: Sequence[float] = (0.0, 0.999), eps: float = 1e-8):
+        self.kind, self.lr, self.eps = kind, lr, eps
+        self.beta1, self.beta2 = float(betas[0]), float(betas[1])
+        self.count = 0
+        self.exp_avg: Params = {}
+        self.exp_avg_sq: Params = {}
+
+    def step(self, params: Params, grads: Params) -> Params:
+        if self.kind == "sgd":
+            return {name: p - self.lr * grads[name] for name, p in params.items()}
+        self.count += 1
+        correction1 = 1 - self.beta1 ** self.count
+        correction2_sqrt = math.sqrt(1 - self.beta2 ** self.count)
+        updated = {}
+        for name, p in params.items():
+            g = grads[name]
+            m = self.exp_avg.get(name, torch.zeros_like(p)) * self.beta1 + g * (1 - self.beta1)
+            v = self.exp_avg_sq.get(name, torch.zeros_like(p)) * self.beta2 + g * g * (1 - self.beta2)
+            self.exp_avg[name], self.exp_avg_sq[name] = m, v
+            updated[name] = p - (self.lr / correction1) * m / (v.sqrt() / correction2_sqrt + self.eps)
+        return updated
+
+
+class Reptile(MetaLearner):
+    """Reptile: fine-tune a copy of the weights on each task, then move the weights towards the copies.
+
+    For each task of a meta-batch the inner loop starts from the meta-learned weights ``theta`` and
+    takes ``inner_steps`` steps of SGD or Adam on mini-batches of the task's examples, giving
+    ``phi_i``.  The outer update is ``theta <- theta + epsilon * mean_i(phi_i - theta)``: Reptile
+    treats ``theta - phi_i`` as a gradient.  It is handed to Lightning as the surrogate loss
+    ``sum((p * (p - phi).detach()).sum())`` through ``manual_backward`` (whose gradient is exactly
+    ``theta - phi``), so the default SGD outer optimiser with learning rate ``outer_lr`` (epsilon)
+    performs the Reptile update, and any ``--optimizer``/``--lr_scheduler``, ``gradient_clip_val``,
+    mixed precision and DDP's all-reduce apply unchanged.  ``outer_lr_final`` anneals epsilon
+    linearly to that value over the run, as the paper does (to 0).  The logged ``train/loss`` is the
+    query loss of ``phi_i`` (a training loss when the query set is trained on, see below).
+
+    Inner optimiser: a functional, first-order SGD or Adam (:class:`InnerOptimizer`) on the
+    parameter dict through the engine's :func:`~lightning_meta.inner_loop.inner_gradients`, not
+    ``torch.optim`` on a per-task copy of the module.  Reptile never differentiates through the
+    inner loop, so either would be correct; the functional one keeps the module unmutated (no
+    deep copy per task), runs the tasks of a meta-batch under ``vmap`` (sinusoid MLPs) as well as in
+    a loop, and protects fp16 inner gradients with the Trainer's loss scale.  The paper's Adam
+    has ``beta1 = 0``; its moments are reset for every task here.  (The reference code keeps the
+    second moments and step count of one TensorFlow Adam across tasks; a task's adaptation would
+    then depend on the tasks trained before it, on the same rank, which breaks the equality of
+    DDP and vmap with one looped process.)
+
+    Inner batches: the paper meta-trains on ``train_shots`` examples per class (more than the
+    test shots) in mini-batches of ``inner_batch_size`` drawn by shuffling the examples, epoch
+    after epoch (a batch can span two epochs), and has no query set in training.  With
+    ``train_on_query=True`` (default) the inner loop trains on the support and query examples
+    pooled, so ``shots + queries`` plays the role of ``train_shots`` (5 + 5 for the paper's 10 on
+    Omniglot).  Evaluation fine-tunes on the support set only, ``test_inner_steps`` steps of
+    ``test_inner_batch_size``.  ``None`` (or a size at least the set's) uses the whole set at every
+    step.  The shuffles are a pure function of the episode's address (index and epoch), so they are
+    the same in loop and vmap mode, across DDP world sizes and on resume.
+
+    Evaluation and BatchNorm: BatchNorm uses the statistics of the batch it sees, in the inner loop
+    as at evaluation (``track_running_stats=False``, as MAML).  With ``transductive=False``
+    (default) each query is predicted in a batch of the support set plus that query alone, as the
+    reference code does: a query's prediction depends on the support set and itself, never on the
+    other queries.  With ``transductive=True`` all queries are predicted in one batch, so the
+    BatchNorm statistics are those of the query set (the paper's transductive setting, and what
+    MAML's evaluation does).  Models without BatchNorm predict every query independently either way.
+    The flag is a hyper-parameter (saved and logged by every logger) and logged with each result
+    as ``val/transductive`` / ``test/transductive`` (1.0 or 0.0); ``test`` prints it beside the
+    summary.
+
+    Args:
+        backbone: the learner, e.g. ``Conv4`` or ``MLP`` (or a ``{"class_path", "init_args"}`` dict).
+            BatchNorm must use batch statistics (``Conv4(batch_norm_stats="batch")``).
+        inner_lr: inner-loop learning rate (Adam or SGD).
+        inner_steps: inner-loop steps per task in meta-training.
+        test_inner_steps: inner-loop steps at validation, test and prediction (default: ``inner_steps``).
+        inner_optimizer: ``"adam"`` or ``"sgd"``.
+        inner_betas: Adam's ``(beta1, beta2)``; the paper uses ``beta1 = 0``.
+        inner_eps: Adam's epsilon.
+        inner_batch_size: examples per inner step in meta-training (``None``: all of them).
+        test_inner_batch_size: examples per inner step at evaluation (default: ``inner_batch_size``).
+        train_on_query: meta-train the inner loop on support and query examples pooled.
+        transductive: BatchNorm statistics over all queries at evaluation (see above).
+        outer_lr: epsilon, the learning rate of the default SGD outer optimiser.
+        outer_lr_final: anneal epsilon linearly from ``outer_lr`` to this value over the run
+            (``trainer.max_steps``, or ``max_epochs`` batches); ``None``: constant.
+        Remaining arguments: see :class:`~lightning_meta.algorithms.base.MetaLearner`.
+
+    Hooks to override: :meth:`inner_loss` (the loss the inner loop descends), :meth:`adapt`.
+
+    References:
+        Nichol, Achiam, Schulman. "On First-Order Meta-Learning Algorithms." arXiv:1803.02999, 2018.
+        Reference code: https://github.com/openai/supervised-reptile
+
+    Example::
+
+        import pytorch_lightning as pl
+        from lightning_meta.algorithms.reptile import Reptile
+        from lightning_meta.data import OmniglotDataModule
+        from lightning_meta.models import Conv4
+
+        model = Reptile(Conv4(1, 5), inner_lr=1e-3, inner_steps=5, test_inner_steps=50, inner_batch_size=10,
+                        test_inner_batch_size=5, outer_lr=1.0, outer_lr_final=0.0)
+        data = OmniglotDataModule("data", download=True, ways=5, shots=5, queries=5, meta_batch_size=5)
+        pl.Trainer(max_steps=100_000, inference_mode=False).fit(model, data)
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        inner_lr: float = 1e-3,
+        inner_steps: int = 5,
+        test_inner_steps: Optional[int] = None,
+        inner_optimizer: str = "adam",
+        inner_betas: tuple[float, float] = (0.0, 0.999),
+        inner_eps: float = 1e-8,
+        inner_batch_size: Optional[int] = None,
+        test_inner_batch_size: Optional[int] = None,
+        train_on_query: bool = True,
+        transductive: bool = False,
+        outer_lr: float = 1.0,
+        outer_lr_final: Optional[float] = None,
+        gradient_clip_val: Optional[float] = None,
+        accumulate_grad_batches: int = 1,
+        batching: str = "auto",
+        chunk_size: Optional[int] = None,
+    ):
+        super().__init__(outer_lr, gradient_clip_val, accumulate_grad_batches, batching, chunk_size)
+        require_positive(FIELD + "inner_lr", inner_lr, integer=False)
+        require_positive(FIELD + "inner_steps", inner_steps)
+        optional_positive(FIELD + "test_inner_steps", test_inner_steps)
+        optional_positive(FIELD + "inner_batch_size", inner_batch_size)
+        optional_positive(FIELD + "test_inner_batch_size", test_inner_batch_size)
+        require_positive(FIELD + "inner_eps", inner_eps, integer=False)
+        if inner_optimizer not in INNER_OPTIMIZERS:
+            raise ConfigurationError(
+                f"{FIELD}inner_optimizer={inner_optimizer!r} is unknown: choose one of {', '.join(INNER_OPTIMIZERS)}")
+        betas = tuple(inner_betas) if isinstance(inner_betas, (list, tuple)) else ()
+        if len(betas) != 2 or not all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1
+                                      for b in betas):
+            raise ConfigurationError(
+                f"{FIELD}inner_betas={inner_betas!r} is invalid: give two numbers in [0, 1), e.g. [0.0, 0.999]")
+        if outer_lr_final is not None:
+            require_positive(FIELD + "outer_lr_final", outer_lr_final, allow_zero=True, integer=False)
+            if outer_lr_final > outer_lr:
+                raise ConfigurationError(
+                    f"{FIELD}outer_lr_final={outer_lr_final} is larger than {FIELD}outer_lr={outer_lr}: it is the "
+                    "value epsilon is annealed down to (the paper anneals 1.0 to 0.0)")
+        for name, value in (("train_on_query", train_on_query), ("transductive", transductive)):
+            if not isinstance(value, bool):
+                raise ConfigurationError(f"{FIELD}{name}={value!r} must be true or false")
+        self.model = build_module(backbone)
+        for module_name, module in self.model.named_modules():
+            if isinstance(module, nn.modules.batchnorm._NormBase) and module.track_running_stats:
+                raise ConfigurationError(
+                    f"{FIELD}backbone: BatchNorm layer {module_name!r} keeps running statistics, which the inner "
+                    "loop would update in place and which would mix statistics across tasks; Reptile adapts "
+                    "BatchNorm with batch statistics: set model.init_args.backbone.init_args.batch_norm_stats: batch")
+        self.inner_lr = inner_lr
+        self.inner_steps = inner_steps
+        self.test_inner_steps = test_inner_steps or inner_steps
+        self.inner_optimizer = inner_optimizer
+        self.inner_betas = (float(betas[0]), float(betas[1]))
+        self.inner_eps = inner_eps
+        self.inner_batch_size = inner_batch_size
+        self.test_inner_batch_size = test_inner_batch_size or inner_batch_size
+        self.train_on_query = train_on_query
+        self.transductive = transductive
+        self.outer_lr_final = outer_lr_final
+        self.normalises_over_batch = has_batchnorm(self.model)
+
+    # ------------------------------------------------------------------ hooks
+    def inner_loss(self, predictions: Tensor, targets: Tensor) -> Tensor:
+        """The loss the inner loop descends (cross-entropy or MSE)."""
+        return self.loss(predictions, targets)
+
+    def forward_fn(self) -> Forward:
+        """``forward(params, inputs)``: the backbone run with the weights ``params`` (no mutation)."""
+        return lambda p, x: functional_call(self.model, p, (x,))
+
+    def adapt(self, params: Params, x: Tensor, y: Tensor, order: Tensor, steps: int) -> Params:
+        """``steps`` first-order steps of the inner optimiser from ``params`` on ``(x, y)``.
+
+        Step ``j`` trains on the examples ``order[j * b:(j + 1) * b]`` with ``b = len(order) // steps``.
+        The returned weights carry no graph to ``params``.
+        """
+        optimizer = InnerOptimizer(self.inner_optimizer, self.inner_lr, self.inner_betas, self.inner_eps)
+        forward, scale = self.forward_fn(), self.inner_loss_scale
+        batch = order.shape[0] // steps
+        fast = {name: p.detach() for name, p in params.items()}
+        for step in range(steps):
+            chosen = order[step * batch:(step + 1) * batch]
+            xb, yb = x[chosen], y[chosen]
+            grads = inner_gradients(lambda p: self.inner_loss(forward(p, xb), yb) * scale, fast, first_order=True)
+            if scale != 1.0:
+                grads = {name: g / scale for name, g in grads.items()}
+            fast = optimizer.step(fast, grads)
+        return fast
+
+    def predict_queries(self, params: Params, support_x: Tensor, query_x: Tensor) -> Tensor:
+        """Query predictions with the weights ``params``, BatchNorm as set by ``transductive``.
+
+        Non-transductive with BatchNorm: each query in a batch of the support set and itself
+        (vectorised over queries).  Otherwise all queries in one batch.
+        """
+        forward = self.forward_fn()
+        if self.transductive or not self.normalises_over_batch:
+            return forward(params, query_x)
+
+        def one(query: Tensor) -> Tensor:
+            return forward(params, torch.cat([support_x, query.unsqueeze(0)]))[-1]
+
+        chunk = max(1, GROUP_IMAGES // (support_x.shape[0] + 1))
+        return vmap(one, chunk_size=chunk)(query_x)
+
+    # ------------------------------------------------------------------ the MetaLearner contract
+    def training_objective(self, params: Params, support_x: Tensor, support_y: Tensor, query_x: Tensor,
+                           query_y: Tensor, order: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+        """A loss whose gradient w.r.t. ``params`` is ``theta - phi`` and whose value is the query loss of ``phi``."""
+        x, y = self._training_set(support_x, support_y, query_x, query_y)
+        if order is None:
+            order = self.inner_order(x.shape[0], self.inner_steps, self.inner_batch_size, None).to(x.device)
+        model_params = sub_params(params, "model")
+        phi = self.adapt(model_params, x, y, order, self.inner_steps)
+        surrogate = sum((p * (p - phi[name]).detach()).sum() for name, p in model_params.items())
+        predictions = self.forward_fn()(phi, query_x)
+        query_loss = self.loss(predictions, query_y).detach()
+        return query_loss + (surrogate - surrogate.detach()), predictions.detach()
+
+    def evaluate_task(self, support_x: Tensor, support_y: Tensor, query_x: Tensor, query_y: Tensor,
+                      order: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+        if order is None:  # a single task (prediction): a fixed shuffle
+            order = self.inner_order(support_x.shape[0], self.test_inner_steps, self.test_inner_batch_size,
+                                     episode_generator(INNER_BATCH_SEED, "test", 0)).to(support_x.device)
+        theta = {name: p.detach() for name, p in self.model.named_parameters()}
+        phi = self.adapt(theta, support_x, support_y, order, self.test_inner_steps)
+        after = self.predict_queries(phi, support_x, query_x).detach()
+        before = self.predict_queries(theta, support_x, query_x).detach()
+        return after, before
+
+    def probe(self, x: Tensor) -> Union[Tensor, None]:
+        return self.model(x)
+
+    # ------------------------------------------------------------------ mini-batch orders
+    def _training_set(self, support_x: Tensor, support_y: Tensor, query_x: Tensor,
+                      query_y: Tensor) -> tuple[Tensor, Tensor]:
+        if not self.train_on_query:
+            return support_x, support_y
+        return torch.cat([support_x, query_x]), torch.cat([support_y, query_y])
+
+    @staticmethod
+    def inner_order(size: int, steps: int, batch_size: Optional[int],
+                    generator: Optional[torch.Generator]) -> Tensor:
+        """Indices ``[steps * b]`` of the examples of each inner step (step ``j``: entries ``j*b .. j*b+b-1``).
+
+        ``batch_size`` ``None`` or at least ``size``: every step takes the whole set, ``b = size``.
+        Otherwise the reference code's stream: random permutations of the set, one after the other,
+        cut into consecutive batches of ``b = batch_size`` (a batch may span two permutations).
+        """
+        if batch_size is None or batch_size >= size:
+            return torch.arange(size).repeat(steps)
+        epochs = -(-steps * batch_size // size)
+        stream = torch.cat([torch.randperm(size, generator=generator) for _ in range(epochs)])
+        return stream[:steps * batch_size]
+
+    def _with_order(self, batch: TaskBatch, stage: str) -> _OrderedTasks:
+        if stage == "train":
+            size = batch.support_x.shape[1] + (batch.query_x.shape[1] if self.train_on_query else 0)
+            steps, batch_size, epoch = self.inner_steps, self.inner_batch_size, self.current_epoch
+        else:
+            size, steps, batch_size, epoch = batch.support_x.shape[1], self.test_inner_steps, \
+                self.test_inner_batch_size, None
+        if batch.index is not None:
+            addresses = [max(int(i), 0) for i in batch.index.tolist()]
+        else:  # a batch built by hand: addressed by its position and the step
+            addresses = [self.global_step * batch.num_tasks + i for i in range(batch.num_tasks)]
+        split = "train" if stage == "train" else "test"
+        orders = torch.stack([
+            self.inner_order(size, steps, batch_size, episode_generator(INNER_BATCH_SEED, split, a, epoch))
+            for a in addresses])
+        return _OrderedTasks(*batch.tensors(), index=batch.index, order=orders.to(batch.support_x.device))
+
+    def outer_backward(self, batch: TaskBatch, sync: bool = True, scale: float = 1.0) -> tuple[Tensor, Tensor]:
+        return super().outer_backward(self._with_order(batch, "train"), sync, scale)
+
+    def evaluate_batch(self, batch: TaskBatch) -> tuple[Tensor, Optional[Tensor]]:
+        return super().evaluate_batch(self._with_order(batch, "eval"))
+
+    # ------------------------------------------------------------------ optimisation and records
+    def configure_optimizers(self) -> Any:
+        """SGD with learning rate ``outer_lr`` (epsilon), annealed linearly to ``outer_lr_final`` if set."""
+        optimizer = torch.optim.SGD(self.parameters(), lr=self.outer_lr)
+        if self.outer_lr_final is None:
+            return optimizer
+        total = self.trainer.estimated_stepping_batches
+        if not math.isfinite(total):
+            raise ConfigurationError(
+                f"{FIELD}outer_lr_final anneals epsilon over the whole run, which has no end: set trainer.max_steps "
+                "or trainer.max_epochs")
+        steps = max(1, math.ceil(total / self.accumulate_grad_batches))
+        schedule = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1.0,
+                                                     end_factor=self.outer_lr_final / self.outer_lr,
+                                                     total_iters=steps)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def _log_results(self, stage: str) -> dict[str, tuple[float, float]]:
+        summary = super()._log_results(stage)
+        if summary:
+            self.log(f"{stage}/transductive", float(self.transductive), sync_dist=False)
+            if stage == "test":
+                how = ("transductive: BatchNorm statistics over all queries of an episode" if self.transductive else
+                       "non-transductive: each query predicted with BatchNorm statistics of the support set and "
+                       "itself" if self.normalises_over_batch else "non-transductive (no BatchNorm)")
+                rank_zero_info(f"Reptile evaluation: transductive={self.transductive} ({how}), "
+                               f"{self.test_inner_steps} inner steps")
+        return summary
