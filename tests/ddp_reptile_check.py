@@ -15,32 +15,12 @@ import sys
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.strategies import DDPStrategy
-from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 
-from lightning_meta import ClassImages, EpisodicDataModule, SinusoidDataModule
+from ddp_check import ALLREDUCES, CountAllReduces, RandomImages
+
+from lightning_meta import SinusoidDataModule
 from lightning_meta.algorithms.reptile import Reptile
 from lightning_meta.models import MLP, Conv4
-
-ALLREDUCES = [0]
-
-
-def counting_allreduce(state, bucket):
-    ALLREDUCES[0] += 1
-    return default_hooks.allreduce_hook(state, bucket)
-
-
-class CountAllReduces(pl.Callback):
-    """Lightning registers DDP comm hooks on CUDA only; register ours on the CPU DDP model."""
-
-    def on_train_start(self, trainer, pl_module):
-        trainer.strategy.model.register_comm_hook(state=None, hook=counting_allreduce)
-
-
-class RandomImages(EpisodicDataModule):
-    def load_split(self, split):
-        g = torch.Generator().manual_seed(["train", "val", "test"].index(split))
-        return ClassImages.from_array(torch.randint(0, 256, (10, 6, 8, 8), generator=g, dtype=torch.uint8))
-
 
 def main(out: str, devices: int, batching: str, model_kind: str) -> None:
     pl.seed_everything(0)
