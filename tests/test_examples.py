@@ -18,12 +18,17 @@ def load(name: str):
     return module
 
 
-@pytest.mark.parametrize("name,metric", [("maml_custom_inner_loss", "test/mse"),
-                                         ("custom_backbone_and_data", "test/acc"),
-                                         ("protonet_custom_distance", "test/acc")])
-def test_example_runs(name, metric):
-    results = load(name).main(steps=3, test_episodes=8)
-    assert math.isfinite(results[metric]) and f"{metric}_ci95" in results
+@pytest.mark.parametrize("name,metric,kwargs", [
+    ("maml_custom_inner_loss", "test/mse", dict(test_episodes=8)),
+    ("custom_backbone_and_data", "test/acc", dict(test_episodes=8)),
+    ("protonet_custom_distance", "test/acc", dict(test_episodes=8)),
+    ("reptile_label_smoothing", "test/acc_transductive", dict(test_episodes=8)),
+    ("baseline_imprinted_head", "test/acc", dict(test_episodes=8)),
+    ("dann_image_folders", "source_only/test/target_acc", dict(classes=5)),
+])
+def test_example_runs(name, metric, kwargs):
+    results = load(name).main(steps=3, **kwargs)
+    assert math.isfinite(results[metric]) and f"{metric.replace('_transductive', '')}_ci95" in results
 
 
 def test_subclass_hook_is_used():
@@ -45,3 +50,30 @@ def test_the_swapped_distance_is_trained():
     loss, _ = model.training_objective({}, support, labels, queries, torch.tensor([0, 1]))
     loss.backward()
     assert model.log_scale.grad is not None and model.log_scale.grad.abs().sum() > 0
+
+
+def test_reptile_example_descends_the_smoothed_loss():
+    module = load("reptile_label_smoothing")
+    import torch
+
+    model = module.SmoothedReptile(module.Conv4(1, 2, hidden_channels=4, image_size=8), smoothing=0.2)
+    confident = torch.tensor([[20.0, -20.0]])
+    # plain cross-entropy is ~0 for a confident right answer; the smoothed one is not (0.1 * 40)
+    assert model.inner_loss(confident, torch.tensor([0])).item() > 3.9
+
+
+def test_imprinted_head_starts_as_the_nearest_normalised_class_mean():
+    module = load("baseline_imprinted_head")
+    import torch
+    import torch.nn.functional as F
+
+    model = module.ImprintedBaselinePlusPlus(module.Conv4(1, None, hidden_channels=4, pooling="max",
+                                                          batch_norm_stats="running"), num_classes=3,
+                                             finetune_steps=0)
+    g = torch.Generator().manual_seed(0)
+    support, labels = torch.randn(2, 6, 8, generator=g), torch.tensor([0, 1, 2, 0, 1, 2]).repeat(2, 1)
+    query = torch.randn(2, 5, 8, generator=g)
+    logits = model.finetune_heads(support, labels, query)
+    means = torch.stack([F.normalize(support, dim=-1)[:, labels[0] == c].mean(1) for c in range(3)], 1)
+    expected = F.cosine_similarity(query.unsqueeze(2), means.unsqueeze(1), dim=-1)
+    assert torch.allclose(logits, model.classifier.scale.detach() * expected, atol=1e-5)

@@ -187,7 +187,6 @@ def test_num_classes_mismatch_fails_before_training():
 
 
 @pytest.mark.parametrize("field,value,message", [
-    ("finetune_steps", 0, r"model\.init_args\.finetune_steps=0 is invalid"),
     ("finetune_steps", -3, r"model\.init_args\.finetune_steps=-3 is invalid"),
     ("finetune_lr", 0.0, r"model\.init_args\.finetune_lr=0.0 is invalid"),
     ("head", "mlp", r"model\.init_args\.head='mlp' is unknown"),

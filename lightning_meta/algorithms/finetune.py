@@ -91,7 +91,7 @@ class FineTuningBaseline(MetaLearner):
         scale: the cosine head's scale (its initial value when learned); ignored by the linear head.
             At meta-test the fresh cosine head uses the pre-trained head's (learned) scale, fixed.
         learn_scale: learn the cosine head's scale in pre-training (otherwise fixed at ``scale``).
-        finetune_steps: SGD steps on each task's support set at meta-test.
+        finetune_steps: SGD steps on each task's support set at meta-test (0: test the initial head).
         finetune_lr, finetune_momentum, finetune_dampening, finetune_weight_decay: the SGD of the
             per-task head (Chen et al.'s values by default).
         finetune_batch_size: support samples per fine-tuning step, taken in passes over a permutation
@@ -150,7 +150,7 @@ class FineTuningBaseline(MetaLearner):
                                      "(Baseline++)")
         require_positive(FIELD + "num_classes", num_classes)
         require_positive(FIELD + "scale", scale, integer=False)
-        require_positive(FIELD + "finetune_steps", finetune_steps)
+        require_positive(FIELD + "finetune_steps", finetune_steps, allow_zero=True)
         require_positive(FIELD + "finetune_lr", finetune_lr, integer=False)
         for name, value in (("finetune_momentum", finetune_momentum), ("finetune_dampening", finetune_dampening),
                             ("finetune_weight_decay", finetune_weight_decay)):
@@ -233,12 +233,12 @@ class FineTuningBaseline(MetaLearner):
         """Train one fresh head per task on support features ``[B, S, D]`` and return query logits
         ``[B, M, ways]`` (detached).  Tasks are independent: the loss is the sum of per-task means."""
         ways = int(support_y.max()) + 1
-        tasks, shots, width = support.shape
+        shots = support.shape[1]
         generator = torch.Generator().manual_seed(self.finetune_seed)
         with torch.inference_mode(False), torch.enable_grad():
             # clones leave inference mode: features computed under it cannot be saved for backward
             support, query, support_y = support.detach().clone(), query.detach().clone(), support_y.clone()
-            params = self.fresh_head(ways, width, generator, tasks, support)
+            params = self.fresh_head(support, support_y, ways, generator)
             optimizer = torch.optim.SGD(params.values(), lr=self.finetune_lr, momentum=self.finetune_momentum,
                                         dampening=self.finetune_dampening, weight_decay=self.finetune_weight_decay)
             for rows in self.minibatches(shots, generator):
@@ -251,15 +251,21 @@ class FineTuningBaseline(MetaLearner):
             with torch.no_grad():
                 return self.head_logits(params, query).detach()
 
-    def fresh_head(self, ways: int, width: int, generator: torch.Generator, tasks: int,
-                   like: Tensor) -> dict[str, Tensor]:
-        """One freshly initialised head (as ``nn.Linear``'s default), repeated for ``tasks`` tasks."""
+    def fresh_head(self, support: Tensor, support_y: Tensor, ways: int,
+                   generator: torch.Generator) -> dict[str, Tensor]:
+        """The initial per-task heads, ``{"weight": [B, ways, D]}`` (and ``"bias": [B, ways]`` for the
+        linear head), leaves that require grad, for support features ``[B, S, D]`` with labels ``[B, S]``.
+
+        Chen et al.'s: one fresh ``nn.Linear``-style draw from ``generator``, the same for every task
+        (the support set is not looked at).  Override to start elsewhere, e.g. from class means.
+        """
+        tasks, width = support.shape[0], support.shape[-1]
         bound = 1.0 / math.sqrt(width)
         weight = (torch.rand(ways, width, generator=generator) * 2 - 1) * bound
         params = {"weight": weight}
         if self.head == "linear":
             params["bias"] = (torch.rand(ways, generator=generator) * 2 - 1) * bound
-        return {name: p.to(like).expand(tasks, *p.shape).clone().requires_grad_() for name, p in params.items()}
+        return {name: p.to(support).expand(tasks, *p.shape).clone().requires_grad_() for name, p in params.items()}
 
     def head_logits(self, params: dict[str, Tensor], features: Tensor) -> Tensor:
         """Logits ``[B, n, ways]`` of features ``[B, n, D]`` under per-task heads ``params``."""
