@@ -9,7 +9,7 @@ processes under DDP, as any torchmetrics ``Metric`` does.
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from typing import Iterable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -119,3 +119,25 @@ def format_summary(stage: str, summary: dict[str, tuple[float, float]], episodes
         else:
             parts.append(f"{stage}/{name} = {mean:.4f} ± {ci:.4f}")
     return f"{stage}: " + ", ".join(parts) + f" (95% CI over {episodes} episodes)"
+
+
+def pixel_prototype_accuracy(batches: Iterable) -> Tensor:
+    """Per-episode accuracy of the nearest class mean on raw pixels: the reference point of a data set.
+
+    ``batches``: :class:`~lightning_meta.tasks.TaskBatch` es, e.g. a data module's ``test_dataloader()``
+    (padding episodes, ``index < 0``, are skipped).  Any learner should beat this on the same episodes.
+
+    Example::
+
+        data.setup("test")
+        pixels = pixel_prototype_accuracy(data.test_dataloader())    # [episodes]
+        print(f"{pixels.mean():.1%}")
+    """
+    accuracies = []
+    for batch in batches:
+        keep = batch.index >= 0 if batch.index is not None else torch.ones(batch.num_tasks, dtype=torch.bool)
+        ways = int(batch.support_y.max()) + 1
+        prototypes = torch.stack([batch.support_x[:, batch.support_y[0] == c].mean(1) for c in range(ways)], 1)
+        distances = ((batch.query_x.unsqueeze(2) - prototypes.unsqueeze(1)) ** 2).flatten(3).sum(-1)
+        accuracies.append((distances.argmin(-1) == batch.query_y).float().mean(1)[keep])
+    return torch.cat(accuracies)

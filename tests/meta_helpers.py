@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader
 
 DATA_DIR = Path(__file__).parent / "data"
 
+from lightning_meta import metrics
 from lightning_meta.tasks import TaskBatch
 
 
@@ -69,15 +70,8 @@ def random_classification_batch(tasks: int, ways: int, shots: int, queries: int,
 
 
 def pixel_prototype_accuracy(data: pl.LightningDataModule) -> torch.Tensor:
-    """Per-episode accuracy of nearest class mean on raw pixels, on the same fixed test episodes."""
-    accuracies = []
-    for batch in data.test_dataloader():
-        keep = batch.index >= 0
-        ways = int(batch.support_y.max()) + 1
-        prototypes = torch.stack([batch.support_x[:, batch.support_y[0] == c].mean(1) for c in range(ways)], 1)
-        distances = ((batch.query_x.unsqueeze(2) - prototypes.unsqueeze(1)) ** 2).flatten(3).sum(-1)
-        accuracies.append((distances.argmin(-1) == batch.query_y).float().mean(1)[keep])
-    return torch.cat(accuracies)
+    """Per-episode accuracy of nearest class mean on raw pixels, on the data module's fixed test episodes."""
+    return metrics.pixel_prototype_accuracy(data.test_dataloader())
 
 
 def episode_alone_and_among_others(model: pl.LightningModule, shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:

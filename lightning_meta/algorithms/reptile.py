@@ -13,6 +13,7 @@ from torch.func import functional_call, vmap
 
 from lightning_meta.algorithms.base import FIELD, MetaLearner
 from lightning_meta.data.episodes import episode_generator
+from lightning_meta.data.sequences import episode_addresses
 from lightning_meta.errors import ConfigurationError, optional_positive, require_positive
 from lightning_meta.inner_loop import Forward, Params, has_batchnorm, inner_gradients, sub_params
 from lightning_meta.models.backbone import build_module
@@ -326,10 +327,7 @@ class Reptile(MetaLearner):
         else:
             size, steps, batch_size, epoch = batch.support_x.shape[1], self.test_inner_steps, \
                 self.test_inner_batch_size, None
-        if batch.index is not None:
-            addresses = [max(int(i), 0) for i in batch.index.tolist()]
-        else:  # a batch built by hand: addressed by its position and the step
-            addresses = [self.global_step * batch.num_tasks + i for i in range(batch.num_tasks)]
+        addresses = episode_addresses(batch, fallback_start=self.global_step * batch.num_tasks)
         split = "train" if stage == "train" else "test"
         orders = torch.stack([
             self.inner_order(size, steps, batch_size, episode_generator(INNER_BATCH_SEED, split, a, epoch))
