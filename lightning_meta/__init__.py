@@ -26,6 +26,7 @@ from lightning_meta.algorithms import (
     RelationNetwork,
     Reptile,
     SiameseNetwork,
+    SNAIL,
 )
 from lightning_meta.data import (
     ClassImages,
@@ -67,6 +68,7 @@ __all__ = [
     "RelationNetwork",
     "Reptile",
     "SiameseNetwork",
+    "SNAIL",
     "SinusoidDataModule",
     "Task",
     "TaskBatch",

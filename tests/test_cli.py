@@ -95,7 +95,7 @@ def test_impossible_ways_fail_before_training(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["protonet_omniglot_5w1s", "matching_omniglot_5w1s", "relation_omniglot_5w1s",
-                                  "siamese_omniglot_5w1s"])
+                                  "siamese_omniglot_5w1s", "snail_omniglot_5w1s"])
 def test_metric_learner_configs_fit_and_test_through_the_cli(tmp_path, name):
     """Each metric learner's paper config runs as shipped (optimizer, schedule, embedding), shrunk to
     the tiny fixture: background split, 5-way, 2 queries."""

@@ -12,7 +12,8 @@ from lightning_meta.algorithms.protonet import PrototypicalNetwork
 from lightning_meta.algorithms.relation import RelationNetwork
 from lightning_meta.algorithms.reptile import Reptile
 from lightning_meta.algorithms.siamese import SiameseNetwork
+from lightning_meta.algorithms.snail import SNAIL
 
 __all__ = ["ANIL", "Baseline", "BaselinePlusPlus", "DomainAdversarial", "FineTuningBaseline", "MAML",
            "MatchingNetwork", "MetaLearner", "MetaSGD", "MetricLearner", "PrototypicalNetwork", "RelationNetwork",
-           "Reptile", "SiameseNetwork"]
+           "Reptile", "SiameseNetwork", "SNAIL"]

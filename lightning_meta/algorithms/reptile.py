@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any, Optional, Sequence, Union
 
 import torch
@@ -13,7 +12,7 @@ from torch.func import functional_call, vmap
 
 from lightning_meta.algorithms.base import FIELD, MetaLearner
 from lightning_meta.data.episodes import episode_generator
-from lightning_meta.data.sequences import episode_addresses
+from lightning_meta.data.sequences import OrderedTasks, episode_addresses
 from lightning_meta.errors import ConfigurationError, optional_positive, require_positive
 from lightning_meta.inner_loop import Forward, Params, has_batchnorm, inner_gradients, sub_params
 from lightning_meta.models.backbone import build_module
@@ -26,21 +25,6 @@ INNER_BATCH_SEED = 20180308
 
 #: at most this many images per vectorised chunk in non-transductive evaluation (support + one query each)
 GROUP_IMAGES = 1024
-
-
-@dataclass
-class _OrderedTasks(TaskBatch):
-    """A :class:`TaskBatch` that also carries each task's inner-loop example order ``[B, steps * batch]``.
-
-    ``tensors()`` returns it as a fifth tensor, so ``MetaLearner.outer_backward`` and
-    ``MetaLearner.evaluate_batch`` hand it to :meth:`Reptile.training_objective` and
-    :meth:`Reptile.evaluate_task` in loop and vmap mode alike.
-    """
-
-    order: Optional[Tensor] = None
-
-    def tensors(self) -> tuple[Tensor, ...]:  # type: ignore[override]
-        return self.support_x, self.support_y, self.query_x, self.query_y, self.order
 
 
 class InnerOptimizer:
@@ -320,7 +304,7 @@ class Reptile(MetaLearner):
         stream = torch.cat([torch.randperm(size, generator=generator) for _ in range(epochs)])
         return stream[:steps * batch_size]
 
-    def _with_order(self, batch: TaskBatch, stage: str) -> _OrderedTasks:
+    def _with_order(self, batch: TaskBatch, stage: str) -> OrderedTasks:
         if stage == "train":
             size = batch.support_x.shape[1] + (batch.query_x.shape[1] if self.train_on_query else 0)
             steps, batch_size, epoch = self.inner_steps, self.inner_batch_size, self.current_epoch
@@ -332,7 +316,7 @@ class Reptile(MetaLearner):
         orders = torch.stack([
             self.inner_order(size, steps, batch_size, episode_generator(INNER_BATCH_SEED, split, a, epoch))
             for a in addresses])
-        return _OrderedTasks(*batch.tensors(), index=batch.index, order=orders.to(batch.support_x.device))
+        return OrderedTasks(*batch.tensors(), index=batch.index, order=orders.to(batch.support_x.device))
 
     def outer_backward(self, batch: TaskBatch, sync: bool = True, scale: float = 1.0) -> tuple[Tensor, Tensor]:
         return super().outer_backward(self._with_order(batch, "train"), sync, scale)

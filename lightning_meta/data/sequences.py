@@ -6,6 +6,8 @@ episode's address (its index in ``TaskBatch.index``, the split and, in training,
 task's sequence is the same whatever batch it is in, on every DDP rank and on resume.
 
 * :func:`episode_permutations`: one random order per task, a pure function of its address.
+* :class:`OrderedTasks`: a ``TaskBatch`` carrying such an order per task, which the base class's
+  per-task loop (and vmap) hands to ``training_objective``/``evaluate_task`` as a fifth tensor.
 * :func:`label_stream`: MANN's stream: the support and query examples of a task pooled and
   shuffled, each with its label, the previous step's label (the one-step delay; ``-1`` = no label
   yet) and the how-many-th presentation of its class it is (1, 2, ...).
@@ -44,6 +46,22 @@ def episode_permutations(batch: TaskBatch, size: int, salt: int, split: str, epo
     orders = [torch.randperm(size, generator=episode_generator(salt, split, address, epoch))
               for address in episode_addresses(batch, fallback_start)]
     return torch.stack(orders).to(batch.support_x.device)
+
+
+@dataclass
+class OrderedTasks(TaskBatch):
+    """A :class:`TaskBatch` that also carries an order per task, ``order [B, L]``.
+
+    ``tensors()`` returns it as a fifth tensor, so ``MetaLearner.outer_backward`` and
+    ``MetaLearner.evaluate_batch`` hand it to ``training_objective(..., order)`` and
+    ``evaluate_task(..., order)`` in loop and vmap mode alike (Reptile's inner mini-batches, SNAIL's
+    support order).
+    """
+
+    order: Optional[Tensor] = None
+
+    def tensors(self) -> tuple[Tensor, ...]:  # type: ignore[override]
+        return self.support_x, self.support_y, self.query_x, self.query_y, self.order
 
 
 def gather_steps(values: Tensor, order: Tensor) -> Tensor:

@@ -1,5 +1,5 @@
 """Backbones: ``head(features(x))`` networks with BatchNorm on batch statistics where adapted, and the
-embedding and relation modules of Relation networks."""
+embedding and relation modules of Relation networks, SNAIL's sequence model."""
 
 from lightning_meta.models.backbone import Backbone, build_module, module_spec
 from lightning_meta.models.conv4 import Conv4
@@ -7,6 +7,7 @@ from lightning_meta.models.gradient_reversal import GradientReversal
 from lightning_meta.models.mlp import MLP
 from lightning_meta.models.relation import RelationEmbedding, RelationModule
 from lightning_meta.models.resnet12 import ResNet12
+from lightning_meta.models.snail import SnailSequenceModel
 
-__all__ = ["Backbone", "Conv4", "GradientReversal", "MLP", "RelationEmbedding", "RelationModule", "ResNet12", "build_module",
-           "module_spec"]
+__all__ = ["Backbone", "Conv4", "GradientReversal", "MLP", "RelationEmbedding", "RelationModule", "ResNet12",
+           "SnailSequenceModel", "build_module", "module_spec"]

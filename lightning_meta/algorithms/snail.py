@@ -1,0 +1,167 @@
+"""SNAIL, the simple neural attentive meta-learner (Mishra, Rohaninejad, Chen, Abbeel 2018)."""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lightning_meta.algorithms.base import FIELD
+from lightning_meta.algorithms.finetune import infer_feature_dim
+from lightning_meta.algorithms.metric import MetricLearner
+from lightning_meta.data.episodes import episode_generator
+from lightning_meta.data.sequences import OrderedTasks, episode_permutations
+from lightning_meta.errors import ConfigurationError, optional_positive, require_positive
+from lightning_meta.models.snail import SnailSequenceModel
+from lightning_meta.tasks import TaskBatch
+
+#: salt of the generators that shuffle each episode's support sequence (distinct from the sampler's)
+SUPPORT_ORDER_SEED = 20180223
+
+
+class SNAIL(MetricLearner):
+    """A sequence model reads the labelled support set, then predicts a query's label: meta-learning as sequence prediction.
+
+    An episode is read as the paper does: the support examples in a shuffled order, each embedded
+    and concatenated with its one-hot label, then ONE query with a null (all-zero) label; the
+    prediction at the query's position is its class.  The queries of an episode are separate
+    sequences sharing the support prefix: the prefix's activations are computed once per block and
+    every query is appended to it on its own (:meth:`SnailSequenceModel.step`), so a query never
+    sees another query and permuting the queries permutes the predictions, nothing else.  The
+    sequence model is causal (a later element never changes an earlier output; tested).
+
+    The support order is a random permutation drawn per episode from its address (index, split
+    and, in training, epoch; see :mod:`lightning_meta.data.sequences`): the data module lists the
+    support set class by class, which a sequence model would otherwise read as a positional label
+    code.  A single task (``predict_task``, ``process_support_set``) gets a fixed permutation.
+    Evaluation embeds in ``eval()`` mode (running BatchNorm statistics), as the metric learners.
+
+    The label space is fixed by ``ways`` (the one-hot width and the output layer): test episodes
+    may have fewer classes (their logits are the first ``ways`` outputs), never more.  The TC blocks
+    are sized for sequences of ``ways * shots + 1`` (``ceil(log2 T)`` dilated layers); longer support
+    sets still run (attention sees all of it), shorter ones too.
+
+    Args:
+        embedding: the embedding network (headless, running BatchNorm statistics): the paper uses
+            ``Conv4(out_features=None, pooling="max", batch_norm_stats="running")`` on Omniglot and a
+            ResNet-12 on mini-ImageNet.
+        ways: classes per episode (one-hot label width and outputs); the data's ``ways``.
+        shots: support examples per class the TC blocks are sized for (the data's ``shots``).
+        attention: ``[key_size, value_size]`` of each attention block (the paper's:
+            ``[[64, 32], [256, 128], [512, 256]]``).
+        tc_filters: filters of the TC block between consecutive attention blocks (the paper's: ``[128, 128]``).
+        feature_dim: width of the (flattened) embeddings; ``None`` infers it with one forward pass.
+        Remaining arguments: see :class:`~lightning_meta.algorithms.metric.MetricLearner`.
+
+    Hooks to override: :meth:`sequence_inputs` (what one element of the sequence is), and any
+    :class:`MetricLearner` hook; swap the embedding through ``embedding``.
+
+    Reference:
+        Mishra, Rohaninejad, Chen, Abbeel. "A Simple Neural Attentive Meta-Learner." ICLR 2018.
+
+    Example::
+
+        from lightning_meta import OmniglotDataModule, SNAIL
+        from lightning_meta.models import Conv4
+
+        model = SNAIL(Conv4(out_features=None, pooling="max", batch_norm_stats="running"), ways=5, shots=1)
+        data = OmniglotDataModule("data", ways=5, shots=1, queries=1, test_queries=15, meta_batch_size=32)
+        pl.Trainer(max_epochs=10).fit(model, data)
+    """
+
+    def __init__(
+        self,
+        embedding: nn.Module,
+        ways: int,
+        shots: int,
+        attention: Sequence[Sequence[int]] = ((64, 32), (256, 128), (512, 256)),
+        tc_filters: Sequence[int] = (128, 128),
+        feature_dim: Optional[int] = None,
+        outer_lr: float = 1e-3,
+        gradient_clip_val: Optional[float] = None,
+        accumulate_grad_batches: int = 1,
+    ):
+        super().__init__(embedding, embed_together=False, outer_lr=outer_lr, gradient_clip_val=gradient_clip_val,
+                         accumulate_grad_batches=accumulate_grad_batches)
+        self.remove_ignored_hparams(["embed_together"])
+        require_positive(FIELD + "ways", ways)
+        require_positive(FIELD + "shots", shots)
+        optional_positive(FIELD + "feature_dim", feature_dim)
+        pairs = [list(pair) for pair in attention] if isinstance(attention, (list, tuple)) else []
+        if not pairs or not all(len(p) == 2 and all(isinstance(v, int) and v > 0 for v in p) for p in pairs):
+            raise ConfigurationError(f"{FIELD}attention={attention!r} is invalid: give [key_size, value_size] pairs of"
+                                     " positive integers, e.g. [[64, 32], [256, 128], [512, 256]]")
+        filters = list(tc_filters) if isinstance(tc_filters, (list, tuple)) else [tc_filters]
+        if len(filters) != len(pairs) - 1 or not all(isinstance(f, int) and f > 0 for f in filters):
+            raise ConfigurationError(
+                f"{FIELD}tc_filters={tc_filters!r} is invalid: give {len(pairs) - 1} positive integers, one TC block"
+                f" between each two of the {len(pairs)} attention blocks (e.g. [128, 128])")
+        self.ways, self.shots = ways, shots
+        self.feature_dim = feature_dim or infer_feature_dim(self.embedding)
+        self.sequence = SnailSequenceModel(self.feature_dim + ways, ways * shots + 1, ways, pairs, filters)
+
+    # ------------------------------------------------------------------ the sequence
+    def sequence_inputs(self, features: Tensor, labels: Optional[Tensor]) -> Tensor:
+        """Sequence elements ``[n, feature_dim + ways]``: embeddings with one-hot labels (zeros: no label)."""
+        features = features.flatten(1)
+        if labels is None:
+            return F.pad(features, (0, self.ways))
+        return torch.cat([features, F.one_hot(labels, self.ways).to(features.dtype)], 1)
+
+    def support_state(self, support_features: Tensor, support_y: Tensor, ways: int) -> Any:
+        if ways > self.ways:
+            raise ConfigurationError(
+                f"an episode has {ways} classes but this SNAIL reads labels of {self.ways} classes ({FIELD}ways,"
+                f" fixed by training): test with at most {self.ways} ways (data.init_args.test_ways)")
+        return self.sequence_inputs(support_features, support_y).unsqueeze(0), ways
+
+    def classify(self, state: Any, query_features: Tensor) -> Tensor:
+        prefix, ways = state
+        return self.sequence.step(prefix, self.sequence_inputs(query_features, None).unsqueeze(0))[0, :, :ways]
+
+    # ------------------------------------------------------------------ shuffled support sets
+    def training_objective(self, params: Any, support_x: Tensor, support_y: Tensor, query_x: Tensor,
+                           query_y: Tensor, order: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+        order = self._order(order, len(support_y), support_y.device)
+        return super().training_objective(params, support_x[order], support_y[order], query_x, query_y)
+
+    def evaluate_task(self, support_x: Tensor, support_y: Tensor, query_x: Tensor, query_y: Tensor,
+                      order: Optional[Tensor] = None) -> tuple[Tensor, None]:
+        order = self._order(order, len(support_y), support_y.device)
+        return super().evaluate_task(support_x[order], support_y[order], query_x, query_y)
+
+    def process_support_set(self, support_x: Tensor, support_y: Tensor) -> None:
+        order = self._order(None, len(support_y), support_y.device)
+        super().process_support_set(support_x[order], support_y[order])
+
+    def outer_backward(self, batch: TaskBatch, sync: bool = True, scale: float = 1.0) -> tuple[Tensor, Tensor]:
+        return super().outer_backward(self._with_orders(batch, "train"), sync, scale)
+
+    def evaluate_batch(self, batch: TaskBatch) -> tuple[Tensor, Optional[Tensor]]:
+        return super().evaluate_batch(self._with_orders(batch, "test"))
+
+    @staticmethod
+    def _order(order: Optional[Tensor], size: int, device: torch.device) -> Tensor:
+        if order is None:  # a single task: a fixed shuffle
+            order = torch.randperm(size, generator=episode_generator(SUPPORT_ORDER_SEED, "test", 0))
+        return order.to(device)
+
+    def _with_orders(self, batch: TaskBatch, split: str) -> OrderedTasks:
+        epoch = self.current_epoch if split == "train" else None
+        orders = episode_permutations(batch, batch.support_x.shape[1], SUPPORT_ORDER_SEED, split, epoch,
+                                      fallback_start=self.global_step * batch.num_tasks)
+        return OrderedTasks(*batch.tensors(), index=batch.index, order=orders)
+
+    def check_data(self, datamodule: Any, split: str) -> None:
+        """Also refuse episodes with more classes than ``ways``; ``fit`` checks the validation episodes too."""
+        super().check_data(datamodule, split)
+        for checked in ("train", "val") if split == "train" else (split,):
+            ways = datamodule.setting(checked)[0]
+            if ways <= self.ways:
+                continue
+            prefix = "" if checked == "train" else "test_"
+            raise ConfigurationError(
+                f"data.init_args.{prefix}ways={ways} exceeds {FIELD}ways={self.ways}, the label space SNAIL reads and"
+                f" predicts: set {FIELD}ways to at least {ways} (a trained model's is fixed: test with fewer ways)")
