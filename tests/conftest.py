@@ -25,7 +25,12 @@ def hanzi() -> np.ndarray:
     return np.load(DATA / "hanzi_300x20.npz")["X"]
 
 
+#: one torch thread per pytest-xdist worker (``make test`` runs one worker per core: more threads would
+#: oversubscribe the cores, which made small kernels 25-70x slower on a loaded 2-core machine); two alone
+THREADS = 1 if os.environ.get("PYTEST_XDIST_WORKER") else 2
+
+
 @pytest.fixture(autouse=True)
 def _torch_threads():
-    torch.set_num_threads(2)
+    torch.set_num_threads(THREADS)
     yield

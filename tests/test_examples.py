@@ -25,6 +25,8 @@ def load(name: str):
     ("reptile_label_smoothing", "test/acc_transductive", dict(test_episodes=8)),
     ("baseline_imprinted_head", "test/acc", dict(test_episodes=8)),
     ("dann_image_folders", "source_only/test/target_acc", dict(classes=5)),
+    ("mann_custom_controller", "test/acc_inst2", dict(test_episodes=8)),
+    ("metalstm_inspect_gates", "test/acc", dict(test_episodes=8)),
 ])
 def test_example_runs(name, metric, kwargs):
     results = load(name).main(steps=3, **kwargs)

@@ -5,7 +5,9 @@ from lightning_meta.algorithms.base import MetaLearner
 from lightning_meta.algorithms.domain_adversarial import DomainAdversarial
 from lightning_meta.algorithms.finetune import Baseline, BaselinePlusPlus, FineTuningBaseline
 from lightning_meta.algorithms.maml import MAML
+from lightning_meta.algorithms.mann import MANN
 from lightning_meta.algorithms.matching import MatchingNetwork
+from lightning_meta.algorithms.meta_lstm import MetaLearnerLSTM
 from lightning_meta.algorithms.meta_sgd import MetaSGD
 from lightning_meta.algorithms.metric import MetricLearner
 from lightning_meta.algorithms.protonet import PrototypicalNetwork
@@ -14,6 +16,6 @@ from lightning_meta.algorithms.reptile import Reptile
 from lightning_meta.algorithms.siamese import SiameseNetwork
 from lightning_meta.algorithms.snail import SNAIL
 
-__all__ = ["ANIL", "Baseline", "BaselinePlusPlus", "DomainAdversarial", "FineTuningBaseline", "MAML",
-           "MatchingNetwork", "MetaLearner", "MetaSGD", "MetricLearner", "PrototypicalNetwork", "RelationNetwork",
+__all__ = ["ANIL", "Baseline", "BaselinePlusPlus", "DomainAdversarial", "FineTuningBaseline", "MAML", "MANN",
+           "MatchingNetwork", "MetaLearner", "MetaLearnerLSTM", "MetaSGD", "MetricLearner", "PrototypicalNetwork", "RelationNetwork",
            "Reptile", "SiameseNetwork", "SNAIL"]

@@ -37,6 +37,7 @@ from lightning_meta.errors import ConfigurationError, require_positive
 from lightning_meta.metrics import EpisodeResults
 from lightning_meta.models.backbone import build_module
 from lightning_meta.models.gradient_reversal import GradientReversal, dann_lambda, dann_learning_rate_factor
+from lightning_meta.models.shapes import feature_width, input_shape_of
 
 LAMBDA_SCHEDULES = ("dann", "constant")
 SELECTION = ("source", "target")
@@ -151,8 +152,8 @@ class DomainAdversarial(MetaLearner):
         self.schedule_steps = schedule_steps
         self.lr_annealing, self.lr_alpha, self.lr_beta = lr_annealing, float(lr_alpha), float(lr_beta)
         self.optimizer_name, self.selection = optimizer, selection
-        self.input_shape = self._input_shape(input_shape)
-        width = self._feature_width()
+        self.input_shape = input_shape_of(self.feature_extractor, input_shape, FIELD + "feature_extractor", dims=3)
+        width = feature_width(self.feature_extractor, self.input_shape, FIELD + "feature_extractor")
         self.classifier = nn.Linear(width, num_classes)
         layers: list[nn.Module] = []
         for i in range(domain_layers):
@@ -165,37 +166,6 @@ class DomainAdversarial(MetaLearner):
     def remove_ignored_hparams(self, names: Sequence[str]) -> None:
         for name in names:
             self.hparams.pop(name, None)
-
-    # ------------------------------------------------------------------ construction helpers
-    def _input_shape(self, input_shape: Optional[Sequence[int]]) -> list[int]:
-        if input_shape is not None:
-            shape = [int(s) for s in input_shape]
-            if len(shape) != 3 or min(shape) < 1:
-                raise ConfigurationError(f"{FIELD}input_shape={list(input_shape)!r} is invalid: give [C, H, W], all > 0")
-            return shape
-        args = getattr(self.feature_extractor, "init_args", {})
-        if "in_channels" in args and "image_size" in args:
-            return [int(args["in_channels"]), int(args["image_size"]), int(args["image_size"])]
-        raise ConfigurationError(
-            f"{FIELD}input_shape is needed: the feature extractor {type(self.feature_extractor).__name__} does not say"
-            " its in_channels and image_size; give [C, H, W]")
-
-    def _feature_width(self) -> int:
-        training = self.feature_extractor.training
-        self.feature_extractor.eval()
-        try:
-            with torch.no_grad():
-                features = self.feature_extractor(torch.zeros(2, *self.input_shape))
-        except RuntimeError as error:
-            raise ConfigurationError(f"{FIELD}feature_extractor cannot take images of shape {self.input_shape}:"
-                                     f" {error}") from error
-        finally:
-            self.feature_extractor.train(training)
-        if features.dim() != 2:
-            raise ConfigurationError(
-                f"{FIELD}feature_extractor returns {list(features.shape[1:])} per image; it must return a vector of"
-                " features (e.g. Conv4 with out_features: null)")
-        return int(features.shape[1])
 
     # ------------------------------------------------------------------ the model
     def features(self, x: Tensor) -> Tensor:

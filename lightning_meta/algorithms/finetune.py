@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from lightning_meta.algorithms.base import FIELD, MetaLearner
 from lightning_meta.errors import ConfigurationError, optional_positive, require_positive
 from lightning_meta.models.backbone import build_module
+from lightning_meta.models.shapes import infer_feature_dim
 from lightning_meta.tasks import TaskBatch
 
 HEADS = ("linear", "cosine")
@@ -367,23 +368,3 @@ def require_headless_running_backbone(backbone: nn.Module) -> None:
                 f"the backbone's BatchNorm '{name}' has no running statistics, so at meta-test it would normalise "
                 "with each batch's statistics and an episode's predictions would depend on the other images: set "
                 f"{FIELD}backbone.init_args.batch_norm_stats: running")
-
-
-def infer_feature_dim(backbone: nn.Module) -> int:
-    """The width of ``backbone``'s output, from one ``eval()`` forward pass on a dummy input."""
-    args = getattr(backbone, "init_args", {})
-    if "in_features" in args:
-        dummy = torch.zeros(2, args["in_features"])
-    elif "in_channels" in args:
-        size = args.get("image_size", 84)
-        dummy = torch.zeros(2, args["in_channels"], size, size)
-    else:
-        raise ConfigurationError(
-            f"cannot infer the width of the {type(backbone).__name__} backbone's features: set {FIELD}feature_dim")
-    training = backbone.training
-    backbone.eval()
-    try:
-        with torch.no_grad():
-            return int(backbone(dummy).flatten(1).shape[1])
-    finally:
-        backbone.train(training)

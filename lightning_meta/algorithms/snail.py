@@ -9,11 +9,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_meta.algorithms.base import FIELD
-from lightning_meta.algorithms.finetune import infer_feature_dim
 from lightning_meta.algorithms.metric import MetricLearner
 from lightning_meta.data.episodes import episode_generator
 from lightning_meta.data.sequences import OrderedTasks, episode_permutations
 from lightning_meta.errors import ConfigurationError, optional_positive, require_positive
+from lightning_meta.models.shapes import infer_feature_dim
 from lightning_meta.models.snail import SnailSequenceModel
 from lightning_meta.tasks import TaskBatch
 
@@ -99,7 +99,7 @@ class SNAIL(MetricLearner):
                 f"{FIELD}tc_filters={tc_filters!r} is invalid: give {len(pairs) - 1} positive integers, one TC block"
                 f" between each two of the {len(pairs)} attention blocks (e.g. [128, 128])")
         self.ways, self.shots = ways, shots
-        self.feature_dim = feature_dim or infer_feature_dim(self.embedding)
+        self.feature_dim = feature_dim or infer_feature_dim(self.embedding, FIELD + "embedding")
         self.sequence = SnailSequenceModel(self.feature_dim + ways, ways * shots + 1, ways, pairs, filters)
 
     # ------------------------------------------------------------------ the sequence

@@ -1,13 +1,15 @@
 """Backbones: ``head(features(x))`` networks with BatchNorm on batch statistics where adapted, and the
-embedding and relation modules of Relation networks, SNAIL's sequence model."""
+embedding and relation modules of Relation networks, SNAIL's sequence model, MANN's memory, the Meta-Learner LSTM's update rule."""
 
 from lightning_meta.models.backbone import Backbone, build_module, module_spec
 from lightning_meta.models.conv4 import Conv4
 from lightning_meta.models.gradient_reversal import GradientReversal
+from lightning_meta.models.memory import LRUAMemory
+from lightning_meta.models.meta_lstm_cell import CoordinateMetaLSTM
 from lightning_meta.models.mlp import MLP
 from lightning_meta.models.relation import RelationEmbedding, RelationModule
 from lightning_meta.models.resnet12 import ResNet12
 from lightning_meta.models.snail import SnailSequenceModel
 
-__all__ = ["Backbone", "Conv4", "GradientReversal", "MLP", "RelationEmbedding", "RelationModule", "ResNet12",
+__all__ = ["Backbone", "Conv4", "CoordinateMetaLSTM", "GradientReversal", "LRUAMemory", "MLP", "RelationEmbedding", "RelationModule", "ResNet12",
            "SnailSequenceModel", "build_module", "module_spec"]

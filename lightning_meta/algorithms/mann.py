@@ -1,0 +1,416 @@
+"""Memory-augmented neural network (MANN, Santoro et al. 2016) and its plain-LSTM baseline.
+
+A MANN reads an episode as one labelled stream: the support and query examples of a task pooled and
+shuffled (:func:`lightning_meta.data.sequences.label_stream`), each input ``x_t`` paired with the
+*previous* step's label ``y_{t-1}`` (the paper's one-step delay; nothing at ``t = 0``), and predicts
+``y_t`` at every step.  The first presentation of a class can only be guessed; from the second on, the
+network can bind the label it saw one step after an earlier instance to the new instance, which is
+what the meta-training on many streams teaches it.  Accuracy is reported over all positions
+(``acc``) and at the k-th presentation of a class (``acc_inst1``, ``acc_inst2``, ...), as the paper.
+
+Per step ``t``, for a batch of ``B`` streams at once (the controller and the memory are batched; the
+memory of each stream is its own, wiped at the start of the stream)::
+
+    e_t        = embedding(x_t)                                  (flattened pixels when None)
+    h_t        = controller([e_t, one_hot(y_{t-1}), r_{t-1}])    (LSTM cell, hidden size controller_size)
+    k_t^h      = tanh(W_k h_t),  alpha_t^h = W_a h_t             (one key and write gate per head)
+    r_t        = LRUAMemory.step(k_t, alpha_t)                   (write, then read; see models/memory.py)
+    logits_t   = W_o [h_t, r_t]                                  (``ways`` classes)
+
+The previous reads ``r_{t-1}`` enter the controller as in the Neural Turing Machine that MANN builds
+on (and the public re-implementations of MANN); the keys are squashed by ``tanh`` (bounded rows).
+``memory_slots=0`` is the paper's LSTM baseline: the same network without memory and reads.
+
+Reference:
+    A. Santoro, S. Bartunov, M. Botvinick, D. Wierstra, T. Lillicrap, "Meta-Learning with
+    Memory-Augmented Neural Networks", ICML 2016.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from pytorch_lightning.loggers import WandbLogger
+from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
+from torch import Tensor, nn
+
+from lightning_meta.algorithms.base import FIELD, MetaLearner
+from lightning_meta.algorithms.metric import require_running_statistics
+from lightning_meta.data.sequences import LabelStream, episode_permutations, label_stream
+from lightning_meta.errors import ConfigurationError, require_positive
+from lightning_meta.metrics import format_summary
+from lightning_meta.models.backbone import build_module
+from lightning_meta.models.memory import LRUAMemory, MemoryState
+from lightning_meta.models.shapes import feature_width, input_shape_of
+from lightning_meta.tasks import TaskBatch
+
+INSTANCES = (1, 2, 3, 5, 10)
+
+
+class MANN(MetaLearner):
+    """Memory-augmented neural network: an LSTM controller with an LRUA external memory, on label streams.
+
+    Each training episode (a :class:`~lightning_meta.tasks.TaskBatch` task, ``ways`` classes x
+    ``shots + queries`` instances) becomes one stream of ``ways * (shots + queries)`` steps, shuffled
+    by a generator seeded by the episode's address (split, index and, in training, epoch): the same
+    stream whatever its batch, rank or resume.  Training minimises the cross-entropy over all
+    positions; the whole meta-batch runs through the controller at once (one ``manual_backward``,
+    one optimiser step per batch).  Evaluation reports ``{stage}/acc`` (all positions, mean and 95% CI
+    over episodes) and ``{stage}/acc_inst{k}`` for each ``k`` of ``report_instances`` that the streams
+    hold: with ``shots + queries < 10`` instances per class, ``acc_inst10`` is simply not reported.
+    Test episodes must not have more classes than ``ways`` (the label input and the output layer are
+    sized by it): :meth:`check_data` refuses them before anything runs.
+
+    Args:
+        ways: classes of the label space: the one-hot label input and the output layer (5 in the paper).
+            Episodes may have fewer classes (logits are then restricted to the episode's classes).
+        embedding: a headless network ``[n, C, H, W] -> [n, features]``, e.g. ``Conv4(out_features=None,
+            pooling="max", batch_norm_stats="running")`` (or a ``{"class_path", "init_args"}`` dict), or
+            ``None``: the flattened pixels, as the paper.  BatchNorm layers must keep running statistics
+            (evaluation runs in ``eval()`` mode, each episode independently of its batch).
+        input_shape: ``[C, H, W]`` of the images, to size the controller; default from the embedding's
+            ``in_channels`` and ``image_size``; needed when ``embedding`` is ``None``.
+        controller_size: hidden units of the LSTM controller (200 in the paper).
+        memory_slots: memory rows per episode (128 in the paper); ``0``: the plain-LSTM baseline.
+        memory_width: numbers per memory row, the key size (40 in the paper).
+        read_heads: read/write heads, also the number of least-used slots (4 in the paper).
+        usage_decay: ``gamma`` of the usage weights ``w_u = gamma w_u + w_r + w_w`` (0.95).
+        report_instances: the presentations ``k`` whose accuracy is reported as ``acc_inst{k}``.
+        stream_seed: salt of the stream orders (with the episode's address).
+        Remaining arguments: see :class:`~lightning_meta.algorithms.base.MetaLearner`.
+
+    Training cost: MANN first learns to use the delayed labels (the 1st presentation of a class is
+    guessed among the classes not yet shown: about 45% instead of 20% for 5 classes, within a few
+    thousand episodes); binding a label to a stored instance (the 2nd presentation beating the 1st)
+    comes much later, after tens of thousands of episodes in the paper (10^5 trained) and not within
+    30,000 CPU episodes in our runs.  Budget accordingly (``configs/mann_omniglot_5w.yaml``: 10^5).
+
+    Hooks to override (see ``examples/mann_custom_controller.py``): :meth:`build_controller` and
+    :meth:`controller_step` (the controller: an ``nn.LSTMCell`` by default), :meth:`embed`.
+
+    Reference:
+        Santoro et al., "Meta-Learning with Memory-Augmented Neural Networks", ICML 2016.
+
+    Example::
+
+        from lightning_meta.algorithms.mann import MANN
+        from lightning_meta.data import NpzDataModule
+
+        data = NpzDataModule("tests/data/hanzi_300x20.npz", ways=5, shots=5, queries=5, meta_batch_size=16)
+        model = MANN(ways=5, input_shape=[1, 28, 28])          # raw pixels, 128 x 40 memory, 4 heads
+        baseline = MANN(ways=5, input_shape=[1, 28, 28], memory_slots=0)   # the LSTM baseline
+        trainer = pl.Trainer(max_epochs=10, inference_mode=False)
+        trainer.fit(model, data)
+        trainer.test(model, data)          # test/acc, test/acc_inst1, test/acc_inst2, ...
+    """
+
+    adapts_with_gradients = False
+
+    def __init__(
+        self,
+        ways: int = 5,
+        embedding: Optional[nn.Module] = None,
+        input_shape: Optional[list[int]] = None,
+        controller_size: int = 200,
+        memory_slots: int = 128,
+        memory_width: int = 40,
+        read_heads: int = 4,
+        usage_decay: float = 0.95,
+        report_instances: Sequence[int] = INSTANCES,
+        stream_seed: int = 0,
+        outer_lr: float = 1e-3,
+        gradient_clip_val: Optional[float] = None,
+        accumulate_grad_batches: int = 1,
+    ):
+        super().__init__(outer_lr=outer_lr, gradient_clip_val=gradient_clip_val,
+                         accumulate_grad_batches=accumulate_grad_batches, batching="loop")
+        self.remove_ignored_hparams(["batching", "chunk_size"])
+        require_positive(FIELD + "ways", ways)
+        require_positive(FIELD + "controller_size", controller_size)
+        require_positive(FIELD + "memory_slots", memory_slots, allow_zero=True)
+        if memory_slots:
+            require_positive(FIELD + "memory_width", memory_width)
+            require_positive(FIELD + "read_heads", read_heads)
+            if read_heads > memory_slots:
+                raise ConfigurationError(
+                    f"{FIELD}read_heads={read_heads} exceeds {FIELD}memory_slots={memory_slots}: each step writes to "
+                    f"the read_heads least-used slots, so give at least {read_heads} slots (or fewer heads)")
+        if not (isinstance(usage_decay, (int, float)) and 0.0 <= usage_decay <= 1.0):
+            raise ConfigurationError(f"{FIELD}usage_decay={usage_decay!r} is invalid: it must lie in [0, 1]")
+        instances = list(report_instances)
+        for k in instances:
+            require_positive(f"{FIELD}report_instances entry", k)
+        if not isinstance(stream_seed, int) or isinstance(stream_seed, bool):
+            raise ConfigurationError(f"{FIELD}stream_seed={stream_seed!r} must be an integer")
+        self.ways = ways
+        self.controller_size = controller_size
+        self.report_instances = sorted(set(instances))
+        self.stream_seed = stream_seed
+        self.embedding: Optional[nn.Module] = None if embedding is None else build_module(embedding)
+        if self.embedding is not None:
+            require_running_statistics(self.embedding)
+        self.input_shape = input_shape_of(self.embedding, input_shape, FIELD + "embedding")
+        features = feature_width(self.embedding, self.input_shape, FIELD + "embedding", forward=self.embed)
+        if memory_slots:
+            self.memory: Optional[LRUAMemory] = LRUAMemory(memory_slots, memory_width, read_heads, gamma=usage_decay)
+            self.read_width = read_heads * memory_width
+            self.key_layer: Optional[nn.Linear] = nn.Linear(controller_size, self.read_width)
+            self.gate_layer: Optional[nn.Linear] = nn.Linear(controller_size, read_heads)
+        else:
+            self.memory, self.read_width, self.key_layer, self.gate_layer = None, 0, None, None
+        self.controller = self.build_controller(features + ways + self.read_width, controller_size)
+        self.output_layer = nn.Linear(controller_size + self.read_width, ways)
+        self._train_stream: Optional[LabelStream] = None
+
+    # ------------------------------------------------------------------ hooks
+    def build_controller(self, input_size: int, hidden_size: int) -> nn.Module:
+        """The controller module, built once in ``__init__`` (default ``nn.LSTMCell``); pair it with
+        :meth:`controller_step`."""
+        return nn.LSTMCell(input_size, hidden_size)
+
+    def controller_step(self, inputs: Tensor, state: Any) -> tuple[Tensor, Any]:
+        """One controller step: ``inputs [B, input_size]`` and its state (``None`` at ``t = 0``) to the
+        output ``h [B, controller_size]`` and the next state."""
+        h, c = self.controller(inputs, state)
+        return h, (h, c)
+
+    def embed(self, x: Tensor) -> Tensor:
+        """Features ``[n, features]`` of inputs ``[n, ...]`` (the flattened inputs without embedding)."""
+        return x.flatten(1) if self.embedding is None else self.embedding(x)
+
+    # ------------------------------------------------------------------ the network
+    def initial_state(self, batch_size: int, reference: Tensor) -> tuple[Any, Optional[MemoryState], Tensor]:
+        """The state before the first step of ``batch_size`` streams: no controller state, an empty
+        memory per stream, no reads (on ``reference``'s device and dtype)."""
+        memory = None if self.memory is None else self.memory.initial_state(batch_size, reference.device,
+                                                                              reference.dtype)
+        return None, memory, reference.new_zeros(batch_size, self.read_width)
+
+    def step(self, inputs: Tensor, state: tuple[Any, Optional[MemoryState], Tensor]
+             ) -> tuple[Tensor, tuple[Any, Optional[MemoryState], Tensor]]:
+        """One step: ``inputs [B, features + ways]`` (embedding and delayed one-hot label) to the output
+        features ``[h_t, r_t]`` ``[B, controller_size + read_width]`` and the next state."""
+        controller_state, memory_state, reads = state
+        h, controller_state = self.controller_step(torch.cat([inputs, reads.to(inputs.dtype)], -1), controller_state)
+        if self.memory is not None:
+            heads = self.memory.read_heads
+            keys = torch.tanh(self.key_layer(h)).unflatten(-1, (heads, self.memory.width))
+            read, memory_state = self.memory.step(keys, self.gate_layer(h), memory_state)
+            reads = read.flatten(1)
+        return torch.cat([h, reads.to(h.dtype)], -1), (controller_state, memory_state, reads)
+
+    def step_inputs(self, x: Tensor, previous: Tensor) -> Tensor:
+        """The controller inputs ``[B, T, features + ways]`` of streams ``x [B, T, ...]`` with the
+        previous labels ``previous [B, T]`` (``-1``: none, a zero one-hot)."""
+        if previous.numel() and int(previous.max()) >= self.ways:
+            raise ValueError(f"{type(self).__name__}: a stream has label {int(previous.max())} but the model has "
+                             f"{self.ways} classes ({FIELD}ways): give episodes of at most {self.ways} classes")
+        batch, steps = previous.shape
+        features = self.embed(x.flatten(0, 1)).unflatten(0, (batch, steps))
+        labels = F.one_hot(previous.clamp(min=0), self.ways).to(features.dtype) * (previous >= 0).unsqueeze(-1)
+        return torch.cat([features, labels], -1)
+
+    def stream_logits(self, x: Tensor, previous: Tensor) -> Tensor:
+        """Logits ``[B, T, ways]`` of streams ``x [B, T, ...]`` whose step ``t`` also sees the label
+        ``previous[:, t]`` (``-1``: none).  Each stream has its own memory, wiped at its start."""
+        inputs = self.step_inputs(x, previous)
+        state = self.initial_state(inputs.shape[0], inputs)
+        outputs = []
+        for t in range(inputs.shape[1]):
+            output, state = self.step(inputs[:, t], state)
+            outputs.append(output)
+        return self.output_layer(torch.stack(outputs, 1))
+
+    def forward(self, x: Tensor, previous: Tensor) -> Tensor:
+        """:meth:`stream_logits`."""
+        return self.stream_logits(x, previous)
+
+    # ------------------------------------------------------------------ streams
+    def stream(self, batch: TaskBatch, split: str) -> LabelStream:
+        """The labelled streams of ``batch`` (support and query pooled, shuffled by episode address)."""
+        if batch.is_regression:
+            raise ValueError(f"{type(self).__name__} classifies: float targets mean regression")
+        length = batch.support_x.shape[1] + batch.query_x.shape[1]
+        training = split == "train"
+        order = episode_permutations(batch, length, salt=self.stream_seed, split=split,
+                                     epoch=self.current_epoch if training else None,
+                                     fallback_start=self.global_step * batch.num_tasks if training else 0)
+        return label_stream(batch, order)
+
+    def stream_scores(self, logits: Tensor, stream: LabelStream) -> dict[str, Tensor]:
+        """Per-episode ``loss``, ``acc`` (all positions) and ``acc_inst{k}`` (k-th presentation of a
+        class, for each ``k`` of ``report_instances`` present in every stream)."""
+        logits = logits.float()
+        loss = F.cross_entropy(logits.flatten(0, 1), stream.y.flatten(), reduction="none").view(stream.y.shape)
+        correct = (logits.argmax(-1) == stream.y).double()
+        values = {"loss": loss.mean(1), "acc": correct.mean(1)}
+        for k in self.report_instances:
+            at_k = (stream.presentation == k).double()
+            count = at_k.sum(1)
+            if bool((count > 0).all()):
+                values[f"acc_inst{k}"] = (correct * at_k).sum(1) / count
+        return values
+
+    # ------------------------------------------------------------------ training
+    def outer_backward(self, batch: TaskBatch, sync: bool = True, scale: float = 1.0) -> tuple[Tensor, Tensor]:
+        """The whole meta-batch through the network at once: cross-entropy over all positions of all
+        streams, one ``manual_backward``.  Returns per-episode losses and the stream logits."""
+        stream = self.stream(batch, "train")
+        logits = self.stream_logits(stream.x, stream.previous)
+        losses = F.cross_entropy(logits.flatten(0, 1).float(), stream.y.flatten(),
+                                 reduction="none").view(stream.y.shape).mean(1)
+        self._check_finite(losses.detach())
+        with self._backward_sync(sync):
+            self.manual_backward(losses.mean() * scale)
+        self._train_stream = stream
+        return losses.detach(), logits.detach()
+
+    def _log_training(self, batch: TaskBatch, losses: Tensor, predictions: Tensor) -> None:
+        stream = self._train_stream
+        assert stream is not None
+        # the base logs train/loss, train/acc (here over all positions of the streams) and tasks/s
+        as_batch = TaskBatch(stream.x, stream.y, stream.x, stream.y, index=batch.index)
+        super()._log_training(as_batch, losses, predictions)
+        scores = self.stream_scores(predictions, stream)
+        for name, value in scores.items():
+            if name.startswith("acc_inst"):
+                self.log(f"train/{name}", value.mean(), on_step=True, on_epoch=False, batch_size=batch.num_tasks)
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate_batch(self, batch: TaskBatch, split: str = "test") -> tuple[Tensor, None]:
+        """Logits ``[B, T, ways']`` of every step of the streams of ``batch`` (``ways'``: the batch's
+        classes) and ``None`` (no "before adaptation")."""
+        stream = self.stream(batch, split)
+        return self.stream_logits(stream.x, stream.previous)[..., :batch.ways].detach(), None
+
+    def validation_step(self, batch: TaskBatch, batch_idx: int) -> None:
+        self._evaluate(batch, "val")
+
+    def test_step(self, batch: TaskBatch, batch_idx: int) -> None:
+        self._evaluate(batch, "test")
+
+    def _evaluate(self, batch: TaskBatch, stage: str) -> None:
+        stream = self.stream(batch, stage)
+        with torch.no_grad():
+            logits = self.stream_logits(stream.x, stream.previous)[..., :batch.ways]
+        values = self.stream_scores(logits, stream)
+        index = batch.index if batch.index is not None else torch.arange(batch.num_tasks, device=logits.device)
+        keep = index >= 0
+        self.results[stage].update({k: v[keep] for k, v in values.items()}, index[keep])
+
+    def instance_names(self, summary: dict[str, Any]) -> list[str]:
+        """The ``acc_inst{k}`` names of ``summary``, by ``k``."""
+        return [f"acc_inst{k}" for k in self.report_instances if f"acc_inst{k}" in summary]
+
+    def _log_results(self, stage: str) -> dict[str, tuple[float, float]]:
+        summary = super()._log_results(stage)
+        names = self.instance_names(summary)
+        if names:
+            for logger in self.loggers:
+                if isinstance(logger, WandbLogger) and self.trainer.is_global_zero:
+                    import wandb
+
+                    table = wandb.Table(columns=["instance", "accuracy", "ci95"],
+                                        data=[[int(n[len("acc_inst"):]), *summary[n]] for n in names])
+                    logger.experiment.log({f"{stage}/instance_accuracy": wandb.plot.line(
+                        table, "instance", "accuracy", title=f"{stage}: accuracy at the k-th presentation of a class")})
+        return summary
+
+    def on_test_epoch_end(self) -> None:
+        summary = self._log_results("test")
+        if summary:
+            order = ("acc", *self.instance_names(summary), "loss")
+            rank_zero_info(format_summary("test", summary, self.results["test"].count(), order=order))
+
+    # ------------------------------------------------------------------ prediction
+    def evaluate_task(self, support_x: Tensor, support_y: Tensor, query_x: Tensor,
+                      query_y: Tensor) -> tuple[Tensor, None]:
+        """Query logits ``[M, ways]`` of one task: the support set as a labelled stream (shuffled by
+        ``stream_seed``), then each query as its own one-step continuation of that stream (so a query
+        never sees another query).  Used by :meth:`predict_task` and ``predict``."""
+        order = torch.randperm(len(support_y), generator=torch.Generator().manual_seed(self.stream_seed))
+        order = order.to(support_y.device)
+        support_x, support_y = support_x[order], support_y[order]
+        previous = torch.cat([support_y.new_full((1,), -1), support_y[:-1]]).unsqueeze(0)
+        inputs = self.step_inputs(support_x.unsqueeze(0), previous)
+        state = self.initial_state(1, inputs)
+        for t in range(inputs.shape[1]):
+            _, state = self.step(inputs[:, t], state)
+        queries = len(query_x)
+        state = _repeat(state, queries)
+        last = support_y[-1:].expand(queries).unsqueeze(1)
+        query_inputs = self.step_inputs(query_x.unsqueeze(1), last)[:, 0]
+        output, _ = self.step(query_inputs, state)
+        return self.output_layer(output).detach(), None
+
+    def probe(self, x: Tensor) -> Tensor:
+        """Logits of ``x`` as one unlabelled stream, in ``eval()`` mode (input shapes and the label space)."""
+        training = self.training
+        self.eval()
+        try:
+            return self.stream_logits(x.unsqueeze(0), torch.full((1, len(x)), -1, device=x.device))[0]
+        finally:
+            self.train(training)
+
+    def check_prediction_classes(self, support_x: Tensor, ways: int, source: str) -> None:
+        if ways > self.ways:
+            raise ConfigurationError(
+                f"{source} has {ways} classes but the model's label space has {self.ways} ({FIELD}ways, fixed by"
+                f" training): give at most {self.ways} classes, or train a model with ways >= {ways}")
+        super().check_prediction_classes(support_x, ways, source)
+
+    # ------------------------------------------------------------------ checks
+    def check_data(self, datamodule: Any, split: str) -> None:
+        """Fail before training or testing when the episodes cannot be streamed through this model:
+        more classes than ``ways`` (in any split the stage will see), inputs of the wrong shape."""
+        if getattr(datamodule, "is_regression", False):
+            raise ConfigurationError(f"{type(self).__name__} classifies, but {type(datamodule).__name__} serves "
+                                     "regression tasks: use an image data module")
+        if getattr(datamodule, "train_batches", "episodes") != "episodes":
+            raise ConfigurationError(f"{type(self).__name__} trains on episodes (label streams), not on supervised "
+                                     "batches: set data.init_args.train_batches: episodes")
+        splits = ("train", "val") if split == "train" else (split,)
+        for name in splits:
+            ways, shots, queries = datamodule.setting(name)
+            prefix = "" if name == "train" else "test_"
+            if ways > self.ways:
+                raise ConfigurationError(
+                    f"data.init_args.{prefix}ways={ways} exceeds the model's label space: {FIELD}ways={self.ways} "
+                    f"sizes the label input and the output layer (fixed by training). Set {prefix}ways <= {self.ways}"
+                    f", or train with {FIELD}ways >= {ways}")
+            length, instances = ways * (shots + queries), shots + queries
+            if self.memory is not None and length > self.memory.slots:
+                rank_zero_warn(f"'{name}' streams have {length} steps but the memory has {self.memory.slots} slots "
+                               f"({FIELD}memory_slots): least-used slots will be overwritten within a stream")
+            missing = [k for k in self.report_instances if k > instances]
+            if missing and name != "train":
+                rank_zero_warn(f"'{name}' streams hold {instances} instances per class ({prefix}shots + {prefix}"
+                               f"queries): {', '.join(f'acc_inst{k}' for k in missing)} will not be reported")
+        ways, shots, queries = datamodule.setting(split)
+        task = datamodule.source(split).sample(torch.Generator().manual_seed(0), ways, shots, queries)
+        try:
+            with torch.no_grad():
+                self.probe(task.support_x.to(self.device))
+        except RuntimeError as error:
+            raise ConfigurationError(
+                f"the model cannot take the '{split}' inputs of shape {list(task.support_x.shape[1:])}: {error}. "
+                f"Match {FIELD}input_shape and the embedding's input arguments (in_channels, image_size) to the "
+                "data") from error
+
+
+def _repeat(state: Any, count: int) -> Any:
+    """``state`` (tensors with a batch of one, in tuples) repeated ``count`` times along dim 0."""
+    if state is None:
+        return None
+    if isinstance(state, Tensor):
+        return state.expand(count, *state.shape[1:])
+    if isinstance(state, tuple):
+        values = [_repeat(s, count) for s in state]
+        return type(state)(*values) if hasattr(state, "_fields") else tuple(values)
+    if isinstance(state, list):
+        return [_repeat(s, count) for s in state]
+    if isinstance(state, dict):
+        return {k: _repeat(v, count) for k, v in state.items()}
+    raise TypeError(f"cannot repeat a controller state of type {type(state).__name__}")

@@ -1,0 +1,315 @@
+"""MANN (Santoro et al. 2016): LRUA writes and cosine reads by hand, memory wiped per episode, the
+one-step label delay and causality, streams and instance metrics, errors, the CLI config, learning."""
+
+from __future__ import annotations
+
+import csv
+import math
+
+import pytest
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from fixtures_images import make_omniglot
+from meta_helpers import (DATA_DIR, episode_alone_and_among_others, pixel_prototype_accuracy, quiet_trainer,
+                          random_classification_batch)
+from test_cli import REPO, cli
+
+from lightning_meta.algorithms.mann import MANN
+from lightning_meta.data.npz import NpzDataModule
+from lightning_meta.data.sequences import episode_permutations, label_stream
+from lightning_meta.errors import ConfigurationError
+from lightning_meta.models.conv4 import Conv4
+from lightning_meta.models.memory import LRUAMemory, MemoryState
+
+
+def tiny_mann(**kwargs) -> MANN:
+    torch.manual_seed(0)
+    settings = dict(ways=3, input_shape=[4], controller_size=8, memory_slots=6, memory_width=5, read_heads=2)
+    settings.update(kwargs)
+    return MANN(**settings).double().eval()
+
+
+def tiny_streams(batch: int = 2, steps: int = 10, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, steps, 4, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 3, (batch, steps), generator=g)
+    previous = torch.cat([torch.full((batch, 1), -1), y[:, :-1]], 1)
+    return x, y, previous
+
+
+# ---------------------------------------------------------------------------------------------- memory
+def test_lrua_write_weights_interpolate_previous_reads_and_the_least_used_slot():
+    """Santoro et al. Sec. 3.2 on a 4 x 3 memory, by hand: w_w = s w_r_prev + (1 - s) w_lu_prev; the
+    least-used slot is zeroed, then M += w_w k; reads softmax(cos); usage = gamma u + w_r + w_w."""
+    torch.manual_seed(0)
+    memory = LRUAMemory(slots=4, width=3, read_heads=1, gamma=0.95)
+    previous = MemoryState(memory=torch.randn(1, 4, 3, dtype=torch.float64),
+                           read_weights=torch.tensor([[[0.1, 0.2, 0.3, 0.4]]], dtype=torch.float64),
+                           usage=torch.tensor([[0.5, 0.1, 0.9, 0.3]], dtype=torch.float64),
+                           write_weights=torch.zeros(1, 1, 4, dtype=torch.float64))
+    key = torch.tensor([[[0.3, -0.7, 0.2]]], dtype=torch.float64)
+    alpha = torch.tensor([[0.4]], dtype=torch.float64)
+    reads, state = memory.step(key, alpha, previous)
+
+    s = 1 / (1 + math.exp(-0.4))
+    least_used = [0.0, 1.0, 0.0, 0.0]  # slot 1 has the least usage (0.1)
+    write = [s * r + (1 - s) * lu for r, lu in zip([0.1, 0.2, 0.3, 0.4], least_used)]
+    torch.testing.assert_close(state.write_weights[0, 0], torch.tensor(write, dtype=torch.float64))
+    rows = previous.memory[0].clone()
+    rows[1] = 0.0
+    for i in range(4):
+        rows[i] = rows[i] + write[i] * key[0, 0]
+    torch.testing.assert_close(state.memory[0], rows)
+    k = key[0, 0]
+    cosines = torch.stack([(k @ rows[i]) / (k.norm() * rows[i].norm()) for i in range(4)])
+    read = torch.softmax(cosines, 0)
+    torch.testing.assert_close(state.read_weights[0, 0], read)
+    torch.testing.assert_close(reads[0, 0], read @ rows)
+    usage = 0.95 * previous.usage[0] + read + torch.tensor(write, dtype=torch.float64)
+    torch.testing.assert_close(state.usage[0], usage)
+
+
+def test_least_used_weights_mark_as_many_slots_as_heads_ties_to_the_lowest_index():
+    memory = LRUAMemory(slots=5, width=2, read_heads=2)
+    usage = torch.tensor([[0.4, 0.1, 0.3, 0.05, 0.9], [0.0, 0.0, 0.0, 0.0, 0.0]])
+    assert memory.least_used(usage).tolist() == [[0, 1, 0, 1, 0], [1, 1, 0, 0, 0]]
+    # the first step of an empty memory writes (1 - sigmoid(alpha)) of each key to the first n slots
+    state = memory.initial_state(1, dtype=torch.float64)
+    keys = torch.tensor([[[1.0, 0.0], [0.0, 2.0]]], dtype=torch.float64)
+    _, state = memory.step(keys, torch.zeros(1, 2, dtype=torch.float64), state)
+    expected = torch.zeros(5, 2, dtype=torch.float64)
+    expected[:2] = 0.5 * keys[0].sum(0)
+    torch.testing.assert_close(state.memory[0], expected)
+
+
+def test_reads_are_convex_combinations_of_memory_rows():
+    torch.manual_seed(0)
+    memory = LRUAMemory(slots=7, width=3, read_heads=3).double()
+    state = memory.initial_state(4, dtype=torch.float64)
+    for _ in range(6):
+        reads, state = memory.step(torch.randn(4, 3, 3, dtype=torch.float64), torch.randn(4, 3, dtype=torch.float64),
+                                   state)
+        weights = state.read_weights
+        assert (weights >= 0).all()
+        torch.testing.assert_close(weights.sum(-1), torch.ones(4, 3, dtype=torch.float64))
+        torch.testing.assert_close(reads, weights @ state.memory)
+
+
+# ---------------------------------------------------------------------------------------------- the network
+def test_episodes_of_a_batch_do_not_see_each_other_and_memory_is_wiped():
+    model = tiny_mann()
+    x, _, previous = tiny_streams(batch=3)
+    out = model.stream_logits(x, previous)
+    changed_x, changed_previous = x.clone(), previous.clone()
+    changed_x[1] = torch.randn_like(x[1])
+    changed_previous[1, 1:] = (previous[1, 1:] + 1) % 3
+    changed = model.stream_logits(changed_x, changed_previous)
+    torch.testing.assert_close(changed[0], out[0], rtol=0, atol=1e-12)
+    torch.testing.assert_close(changed[2], out[2], rtol=0, atol=1e-12)
+    assert not torch.allclose(changed[1], out[1])
+    alone = model.stream_logits(x[2:3], previous[2:3])
+    torch.testing.assert_close(alone[0], out[2], rtol=0, atol=1e-12)
+    # a second call starts from an empty memory again: nothing is carried across calls
+    torch.testing.assert_close(model.stream_logits(x, previous), out, rtol=0, atol=0)
+
+
+def test_an_episode_is_evaluated_alone_whatever_its_batch_with_a_conv4_embedding():
+    torch.manual_seed(0)
+    model = MANN(ways=5, embedding=Conv4(1, None, hidden_channels=8, pooling="max", batch_norm_stats="running"),
+                 controller_size=16, memory_slots=12, memory_width=6, read_heads=2)
+    model.train()  # move the running statistics away from their initial values
+    with torch.no_grad():
+        model.embed(torch.randn(32, 1, 28, 28) * 3 + 1)
+    model.eval()
+    alone, among_others = episode_alone_and_among_others(model, (1, 28, 28))
+    assert alone.shape == (4, 20, 5)
+    torch.testing.assert_close(alone[2], among_others[2], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("memory_slots", [6, 0])
+def test_output_at_t_sees_only_inputs_up_to_t_and_labels_before_t(memory_slots):
+    """The one-step delay: y_t enters at step t + 1; and causality in x."""
+    model = tiny_mann(memory_slots=memory_slots)
+    x, y, previous = tiny_streams()
+    out = model.stream_logits(x, previous)
+    t = 5
+    new_y = y.clone()
+    new_y[:, t] = (y[:, t] + 1) % 3
+    new_previous = torch.cat([torch.full((2, 1), -1), new_y[:, :-1]], 1)
+    changed = model.stream_logits(x, new_previous)
+    torch.testing.assert_close(changed[:, :t + 1], out[:, :t + 1], rtol=0, atol=0)
+    assert not torch.allclose(changed[:, t + 1], out[:, t + 1])
+    new_x = x.clone()
+    new_x[:, t + 1] = torch.randn_like(x[:, t + 1])
+    changed = model.stream_logits(new_x, previous)
+    torch.testing.assert_close(changed[:, :t + 1], out[:, :t + 1], rtol=0, atol=0)
+    assert not torch.allclose(changed[:, t + 1], out[:, t + 1])
+    # at t = 0 there is no label yet: the label input is a zero vector
+    inputs = model.step_inputs(x, previous)
+    assert inputs[:, 0, 4:].abs().sum() == 0 and (inputs[:, 1:, 4:].sum(-1) == 1).all()
+
+
+def test_lstm_baseline_is_the_same_network_without_memory():
+    baseline = tiny_mann(memory_slots=0)
+    assert baseline.memory is None and baseline.key_layer is None
+    assert baseline.controller.input_size == 4 + 3 and baseline.output_layer.in_features == 8
+    mann = tiny_mann()
+    assert mann.controller.input_size == 4 + 3 + 2 * 5 and mann.output_layer.in_features == 8 + 2 * 5
+    x, _, previous = tiny_streams()
+    assert baseline.stream_logits(x, previous).shape == mann.stream_logits(x, previous).shape == (2, 10, 3)
+
+
+def test_streams_follow_the_shared_helpers_and_instance_metrics_count_presentations():
+    model = tiny_mann()
+    batch = random_classification_batch(3, 3, 2, 2, (4,), seed=1)
+    batch.support_x, batch.query_x = batch.support_x.double(), batch.query_x.double()
+    stream = model.stream(batch, "val")
+    expected = label_stream(batch, episode_permutations(batch, 12, salt=0, split="val"))
+    assert torch.equal(stream.x, expected.x) and torch.equal(stream.y, expected.y)
+    # a perfect predictor, except at the first presentation of each class
+    logits = F.one_hot(stream.y, 3).double() * 10
+    logits[stream.presentation == 1] = -logits[stream.presentation == 1]
+    scores = model.stream_scores(logits, stream)
+    assert sorted(scores) == ["acc", "acc_inst1", "acc_inst2", "acc_inst3", "loss"]  # 4 instances: no 5th, 10th
+    assert scores["acc_inst1"].tolist() == [0.0] * 3 and scores["acc_inst2"].tolist() == [1.0] * 3
+    torch.testing.assert_close(scores["acc"], torch.full((3,), 0.75, dtype=torch.float64))
+
+
+def test_fit_and_test_log_instance_accuracies_and_the_summary(caplog):
+    pl.seed_everything(0)
+    data = NpzDataModule(path=str(DATA_DIR / "hanzi_300x20.npz"), ways=3, shots=2, queries=2, meta_batch_size=4,
+                         episodes_per_epoch=8, val_episodes=4, test_episodes=6)
+    model = MANN(ways=3, input_shape=[1, 28, 28], controller_size=16, memory_slots=16, memory_width=8,
+                 read_heads=2)
+    trainer = quiet_trainer(max_epochs=1, log_every_n_steps=1)
+    trainer.fit(model, data)
+    assert trainer.global_step == 2  # one optimiser step per meta-batch
+    for name in ("train/loss", "train/acc", "train/acc_inst1", "train/acc_inst2", "val/acc", "val/acc_inst2"):
+        assert name in trainer.logged_metrics, name
+    with caplog.at_level("INFO"):
+        results = trainer.test(model, data, verbose=False)[0]
+    assert {"test/acc", "test/acc_ci95", "test/acc_inst1", "test/acc_inst3", "test/acc_inst3_ci95"} <= set(results)
+    assert "test/acc_inst5" not in results and "test/acc_inst10" not in results
+    assert all(0.0 <= results[k] <= 1.0 for k in results if "acc" in k)
+    assert model.results["test"].count() == 6
+    assert "test/acc_inst1 = " in caplog.text and "95% CI over 6 episodes" in caplog.text
+
+
+def test_predict_task_continues_the_support_stream_once_per_query():
+    model = tiny_mann()
+    g = torch.Generator().manual_seed(3)
+    support_x, support_y = torch.randn(6, 4, generator=g, dtype=torch.float64), torch.tensor([0, 1, 2, 0, 1, 2])
+    query_x = torch.randn(5, 4, generator=g, dtype=torch.float64)
+    probabilities = model.predict_task(support_x, support_y, query_x)
+    assert probabilities.shape == (5, 3)
+    torch.testing.assert_close(probabilities.sum(1), torch.ones(5))
+    order = torch.tensor([4, 2, 0, 1, 3])  # queries do not see each other
+    torch.testing.assert_close(model.predict_task(support_x, support_y, query_x[order]), probabilities[order])
+    with pytest.raises(ConfigurationError, match="model.init_args.ways"):
+        model.predict_task(torch.randn(4, 4, dtype=torch.float64), torch.tensor([0, 1, 2, 3]), query_x)
+
+
+# ---------------------------------------------------------------------------------------------- errors
+@pytest.mark.parametrize("kwargs,field", [
+    (dict(ways=0), "model.init_args.ways=0"),
+    (dict(controller_size=-1), "model.init_args.controller_size=-1"),
+    (dict(memory_slots=-2), "model.init_args.memory_slots=-2"),
+    (dict(memory_width=0), "model.init_args.memory_width=0"),
+    (dict(read_heads=0), "model.init_args.read_heads=0"),
+    (dict(memory_slots=3, read_heads=4), "model.init_args.read_heads=4 exceeds model.init_args.memory_slots=3"),
+    (dict(usage_decay=1.5), "model.init_args.usage_decay=1.5"),
+    (dict(report_instances=[1, 0]), "model.init_args.report_instances entry=0"),
+    (dict(input_shape=None), "model.init_args.input_shape is needed"),
+    (dict(input_shape=[0, 28, 28]), "model.init_args.input_shape"),
+    (dict(embedding=Conv4(1, None, pooling="max")), "batch_norm_stats: running"),
+    (dict(embedding=Conv4(1, 5, pooling="max", batch_norm_stats="running"), input_shape=[1, 2, 2]),
+     "model.init_args.embedding cannot take inputs"),
+])
+def test_bad_arguments_name_the_field(kwargs, field):
+    settings = dict(ways=5, input_shape=[1, 28, 28])
+    settings.update(kwargs)
+    with pytest.raises(ConfigurationError, match=field.replace("[", "\\[")):
+        MANN(**settings)
+
+
+def test_impossible_data_fail_before_anything_runs():
+    """More test ways than the label space, inputs of the wrong shape, supervised training batches."""
+    data = NpzDataModule(path=str(DATA_DIR / "hanzi_300x20.npz"), ways=3, test_ways=5, shots=1, queries=1,
+                         meta_batch_size=2, episodes_per_epoch=2, val_episodes=2, test_episodes=2)
+    model = MANN(ways=3, input_shape=[1, 28, 28], controller_size=8, memory_slots=8, memory_width=4, read_heads=1)
+    with pytest.raises(ConfigurationError, match="data.init_args.test_ways=5 exceeds .* model.init_args.ways=3"):
+        quiet_trainer().test(model, data)
+    with pytest.raises(ConfigurationError, match="data.init_args.test_ways=5"):
+        quiet_trainer(max_steps=1).fit(model, data)  # validation episodes would have 5 ways
+    wrong_shape = MANN(ways=3, input_shape=[1, 20, 20], controller_size=8, memory_slots=0)
+    data = NpzDataModule(path=str(DATA_DIR / "hanzi_300x20.npz"), ways=3, shots=1, queries=1, meta_batch_size=2,
+                         episodes_per_epoch=2, val_episodes=2, test_episodes=2)
+    with pytest.raises(ConfigurationError, match="input_shape"):
+        quiet_trainer().test(wrong_shape, data)
+    supervised = NpzDataModule(path=str(DATA_DIR / "hanzi_300x20.npz"), train_batches="supervised", batch_size=8,
+                               ways=3, shots=1, queries=1, meta_batch_size=2, episodes_per_epoch=2, val_episodes=2)
+    with pytest.raises(ConfigurationError, match="train_batches: episodes"):
+        quiet_trainer(max_steps=1).fit(model, supervised)
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+def test_the_config_fits_and_tests_through_the_cli(tmp_path):
+    """configs/mann_omniglot_5w.yaml as shipped (5 classes x 10 instances), shrunk to the tiny fixture;
+    then ``test`` from the best checkpoint (hyper-parameters reload with ``weights_only=True``)."""
+    root = make_omniglot(tmp_path / "data", background=(3,) * 8, evaluation=(3, 3), drawings=10)
+    small = ["--config", str(REPO / "configs" / "mann_omniglot_5w.yaml"), "--data.init_args.root", str(root),
+             "--data.init_args.download", "false", "--data.init_args.split", "background",
+             "--data.init_args.meta_batch_size", "2", "--data.init_args.episodes_per_epoch", "4",
+             "--data.init_args.val_episodes", "2", "--data.init_args.test_episodes", "4",
+             "--model.init_args.embedding.init_args.hidden_channels", "8", "--model.init_args.controller_size", "16",
+             "--model.init_args.memory_slots", "64", "--model.init_args.memory_width", "8"]
+    run = cli("fit", *small, "--trainer.max_epochs", "2", "--trainer.log_every_n_steps", "1", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-4000:]
+    output = run.stdout + run.stderr
+    assert "test/acc = " in output and "test/acc_inst10 = " in output and "95% CI over 4 episodes" in output
+    assert list((tmp_path / "runs").rglob("best.ckpt"))
+    metrics = list((tmp_path / "runs").rglob("metrics.csv"))
+    assert metrics
+    columns = set(next(csv.DictReader(metrics[0].open())))
+    assert {"train/loss", "train/acc", "val/acc", "val/acc_inst2", "test/acc", "test/acc_ci95",
+            *(f"test/acc_inst{k}" for k in (1, 2, 3, 5, 10))} <= columns
+    best = str(next((tmp_path / "runs").rglob("best.ckpt")))
+    tested = cli("test", *small, "--ckpt_path", best, cwd=tmp_path)
+    assert tested.returncode == 0, tested.stderr[-4000:]
+    assert "test/acc_inst2 = " in tested.stdout + tested.stderr
+
+
+# ---------------------------------------------------------------------------------------------- learning
+@pytest.mark.slow
+def test_mann_learns_from_the_delayed_labels_on_held_out_hanzi():
+    """200 meta-batches of 16 hanzi streams (5 classes x 4 instances; held-out classes at test).
+
+    What this budget (about 35 s on a busy 2-core CPU) reaches, measured: acc_inst1 = 45.5% +- 2.5%
+    (chance 20%: the network has learned from the delayed labels which classes a stream has already
+    shown and guesses among the others), acc_inst2 = 31% +- 2%, test/acc 34%; the raw-pixel nearest
+    prototype with one labelled example per class (``test_shots=1``, the same test episodes) 80%.
+
+    Not asserted, because it is not reached in a CPU budget: the paper's claim that the 2nd
+    presentation beats the 1st (binding a label to a stored instance) and, with it, beating the pixel
+    baseline.  Binding is the slow phase of MANN training (Santoro et al. train 10^5 episodes): in our
+    runs it had not started after 30,000 episodes of streams of near-orthogonal synthetic features
+    (20 steps, 1 or 2 heads, plain or sharpened reads), nor after 6,000 hanzi episodes.  The fair
+    comparison with the pixel baseline, once trained long enough, is MANN's acc_inst2 (one labelled
+    example of the class seen) against the pixel 1-shot accuracy on the same episodes, printed here.
+    """
+    torch.set_num_threads(1)  # 50-step loops of small operations: a second thread only adds overhead
+    pl.seed_everything(0)
+    data = NpzDataModule(path=str(DATA_DIR / "hanzi_300x20.npz"), ways=5, shots=1, queries=3,
+                         rotations=(0, 90, 180, 270), meta_batch_size=16, episodes_per_epoch=16 * 200,
+                         val_episodes=4, test_episodes=200)
+    model = MANN(ways=5, embedding=Conv4(1, None, hidden_channels=8, pooling="max", batch_norm_stats="running"),
+                 controller_size=64, memory_slots=32, memory_width=16, read_heads=1, outer_lr=5e-3,
+                 gradient_clip_val=10.0)
+    trainer = quiet_trainer(max_epochs=1, limit_val_batches=0)
+    trainer.fit(model, data)
+    ours = trainer.test(model, data, verbose=False)[0]
+    pixels = pixel_prototype_accuracy(data)
+    print({k: round(v, 4) for k, v in ours.items()}, "pixels 1-shot", round(pixels.mean().item(), 4))
+    assert ours["test/acc_inst1"] > 0.2 + 3 * ours["test/acc_inst1_ci95"]
+    assert ours["test/loss"] < math.log(5) - 0.05
