@@ -121,6 +121,7 @@ def main(argv: list[str] | None = None) -> list[tuple]:
     parser.add_argument("--data", default=str(HANZI), help="an .npz of uint8 [classes, samples, H, W]")
     parser.add_argument("--jobs", nargs="+", choices=sorted(JOBS), default=list(JOBS))
     parser.add_argument("--test-episodes", type=int, default=600)
+    parser.add_argument("--steps", type=int, default=None, help="training steps of every job (default: each job's)")
     parser.add_argument("--tiny", action="store_true", help="a few steps and episodes: checks that it runs")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
@@ -128,7 +129,8 @@ def main(argv: list[str] | None = None) -> list[tuple]:
     rows = []
     for name in args.jobs:
         job, shots, steps = JOBS[name]
-        rows += job(args.data, shots, 3 if args.tiny else steps, 8 if args.tiny else args.test_episodes)
+        steps = 3 if args.tiny else args.steps or steps
+        rows += job(args.data, shots, steps, 8 if args.tiny else args.test_episodes)
         print(format_table(HEADERS, rows[-2:]), flush=True)
     print(TITLE)
     print(format_table(HEADERS, rows))

@@ -149,6 +149,33 @@ def test_target_labels_are_never_used_in_training():
     assert torch.equal(weights[0], weights[1]) and torch.equal(weights[0], weights[2])
 
 
+@pytest.mark.parametrize("stop_at", [6, 4])
+def test_resume_equals_uninterrupted(tmp_path, stop_at):
+    """An epoch is 4 steps: stopping at 6 is mid-epoch, at 4 on the boundary.  The schedules span 12
+    steps in every run (``schedule_steps``), so only the interruption differs."""
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    def fresh():
+        pl.seed_everything(0, verbose=False)
+        return (DomainAdversarial(small_extractor(8), num_classes=10, schedule_steps=12),
+                small_data(classes=10, batch_size=8))
+
+    model, data = fresh()
+    quiet_trainer(max_steps=12, limit_val_batches=0, default_root_dir=tmp_path / "a").fit(model, data)
+    uninterrupted = {k: v.clone() for k, v in model.state_dict().items()}
+    model, data = fresh()
+    saver = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=stop_at, save_top_k=-1, filename="{step}")
+    quiet_trainer(max_steps=stop_at, limit_val_batches=0, callbacks=[saver], enable_checkpointing=True,
+                  default_root_dir=tmp_path / "b").fit(model, data)
+    model, data = fresh()
+    torch.manual_seed(1234)
+    resumed = quiet_trainer(max_steps=12, limit_val_batches=0, default_root_dir=tmp_path / "c")
+    resumed.fit(model, data, ckpt_path=tmp_path / "ckpt" / f"step={stop_at}.ckpt")
+    assert resumed.global_step == 12
+    for name, value in uninterrupted.items():
+        assert torch.equal(model.state_dict()[name], value), name
+
+
 # --------------------------------------------------------------------------- learning
 # --------------------------------------------------------------------------- checkpoints
 def test_checkpoint_reloads_without_arguments(tmp_path):
@@ -235,6 +262,33 @@ def test_cli_fits_the_shipped_config_and_tests_the_best_checkpoint(tmp_path):
     columns = set(csv.DictReader(metrics[0].open()).fieldnames or [])
     assert {"train/loss", "train/domain_loss", "train/lambda", "val/acc", "val/source_acc", "val/target_acc",
             "val/target_acc_ci95", "test/acc", "test/target_acc", "test/source_acc", "test/source_acc_ci95"} <= columns
+
+
+@pytest.mark.parametrize("stop_at", [6, 4])
+def test_resume_equals_uninterrupted(tmp_path, stop_at):
+    """An epoch is 4 steps: stopping at 6 is mid-epoch, at 4 on the boundary.  The schedules span 12
+    steps in every run (``schedule_steps``), so only the interruption differs."""
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    def fresh():
+        pl.seed_everything(0, verbose=False)
+        return (DomainAdversarial(small_extractor(8), num_classes=10, schedule_steps=12),
+                small_data(classes=10, batch_size=8))
+
+    model, data = fresh()
+    quiet_trainer(max_steps=12, limit_val_batches=0, default_root_dir=tmp_path / "a").fit(model, data)
+    uninterrupted = {k: v.clone() for k, v in model.state_dict().items()}
+    model, data = fresh()
+    saver = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=stop_at, save_top_k=-1, filename="{step}")
+    quiet_trainer(max_steps=stop_at, limit_val_batches=0, callbacks=[saver], enable_checkpointing=True,
+                  default_root_dir=tmp_path / "b").fit(model, data)
+    model, data = fresh()
+    torch.manual_seed(1234)
+    resumed = quiet_trainer(max_steps=12, limit_val_batches=0, default_root_dir=tmp_path / "c")
+    resumed.fit(model, data, ckpt_path=tmp_path / "ckpt" / f"step={stop_at}.ckpt")
+    assert resumed.global_step == 12
+    for name, value in uninterrupted.items():
+        assert torch.equal(model.state_dict()[name], value), name
 
 
 # --------------------------------------------------------------------------- learning

@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
 from lightning_meta.data.class_images import scale_pixels
 from lightning_meta.data.datamodule import FIELD, EpisodicDataModule
-from lightning_meta.data.episodes import episode_generator
+from lightning_meta.data.episodes import EpisodeLoader, episode_generator
 from lightning_meta.data.image_files import check_channels, check_image_size, check_seed, decode_images, list_class_folders
 from lightning_meta.data.npz import array_header
 from lightning_meta.errors import ConfigurationError, optional_positive, require_positive
@@ -149,12 +149,19 @@ def split_samples(labels: Tensor, num_classes: int, val_samples: int, test_sampl
 
 
 class PairedBatches(IterableDataset):
-    """``steps`` training batches ``(x, y, domain)`` of one epoch (see the module docstring)."""
+    """``steps`` training batches ``(x, y, domain)`` of one epoch (see the module docstring).
+
+    ``epoch`` and ``start`` (batches already trained in a resumed epoch) are set by
+    :class:`~lightning_meta.data.episodes.EpisodeLoader` before each iteration, so a run resumed
+    mid-epoch continues with the batch it would have trained next.
+    """
 
     def __init__(self, source: tuple[Tensor, Tensor], target: Tensor, batch_size: int, steps: int, seed: int,
-                 epoch: "callable", rank: int = 0):
+                 rank: int = 0, epoch: int = 0):
         self.source, self.target = source, target
-        self.batch_size, self.steps, self.seed, self.epoch, self.rank = batch_size, steps, seed, epoch, rank
+        self.batch_size, self.steps, self.seed, self.rank = batch_size, steps, seed, rank
+        self.epoch: Optional[int] = epoch
+        self.start = 0
 
     def __len__(self) -> int:
         return self.steps
@@ -170,9 +177,8 @@ class PairedBatches(IterableDataset):
         return x, y, domain
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
-        epoch = self.epoch()
-        for index in range(self.steps):
-            yield self.batch(epoch, index)
+        for index in range(self.start, self.steps):
+            yield self.batch(int(self.epoch or 0), index)
 
 
 class DomainPairDataModule(EpisodicDataModule):
@@ -335,12 +341,9 @@ class DomainPairDataModule(EpisodicDataModule):
         source_train, target_train = self.split("source")["train"], self.split("target")["train"]
         rank, _ = self.world
         dataset = PairedBatches((source.images[source_train], source.labels[source_train]),
-                                target.images[target_train], self.batch_size, self.steps_per_epoch_, self.seed,
-                                self._epoch, rank)
-        return DataLoader(dataset, batch_size=None, pin_memory=self._pin_memory())
-
-    def _epoch(self) -> int:
-        return self.trainer.current_epoch if self.trainer is not None else 0
+                                target.images[target_train], self.batch_size, self.steps_per_epoch_, self.seed, rank)
+        clock = self._training_clock if self.trainer is not None else None
+        return EpisodeLoader(dataset, pin_memory=self._pin_memory(), clock=clock)  # type: ignore[arg-type]
 
     def evaluation_set(self, split: str) -> TensorDataset:
         """The held-out ``split`` ("val" or "test") samples: source, then target, as ``(x, y, domain)``."""
