@@ -176,6 +176,22 @@ def test_resume_equals_uninterrupted(tmp_path, stop_at):
         assert torch.equal(model.state_dict()[name], value), name
 
 
+@pytest.mark.parametrize("lambda_max", [1.0, 0.0])
+def test_two_processes_train_one_model(tmp_path, lambda_max):
+    """DDP on 2 CPU processes: one gradient all-reduce per step and the same weights on both ranks,
+    adapted and source-only alike (source-only has no domain classifier: no unused parameters)."""
+    prefix = tmp_path / "dann"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    result = subprocess.run([sys.executable, str(REPO / "tests" / "ddp_dann_check.py"), str(prefix), str(lambda_max)],
+                            capture_output=True, text=True, timeout=240, env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = [torch.load(f"{prefix}.{rank}.pt") for rank in (0, 1)]
+    assert all(r["steps"] == 3 and r["allreduces"] == 3 for r in ranks)
+    for name, value in ranks[0]["params"].items():
+        assert torch.equal(ranks[1]["params"][name], value), name
+    assert any(name.startswith("domain_classifier") for name in ranks[0]["params"]) == (lambda_max > 0)
+
+
 # --------------------------------------------------------------------------- learning
 # --------------------------------------------------------------------------- checkpoints
 def test_checkpoint_reloads_without_arguments(tmp_path):
@@ -289,6 +305,22 @@ def test_resume_equals_uninterrupted(tmp_path, stop_at):
     assert resumed.global_step == 12
     for name, value in uninterrupted.items():
         assert torch.equal(model.state_dict()[name], value), name
+
+
+@pytest.mark.parametrize("lambda_max", [1.0, 0.0])
+def test_two_processes_train_one_model(tmp_path, lambda_max):
+    """DDP on 2 CPU processes: one gradient all-reduce per step and the same weights on both ranks,
+    adapted and source-only alike (source-only has no domain classifier: no unused parameters)."""
+    prefix = tmp_path / "dann"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    result = subprocess.run([sys.executable, str(REPO / "tests" / "ddp_dann_check.py"), str(prefix), str(lambda_max)],
+                            capture_output=True, text=True, timeout=240, env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = [torch.load(f"{prefix}.{rank}.pt") for rank in (0, 1)]
+    assert all(r["steps"] == 3 and r["allreduces"] == 3 for r in ranks)
+    for name, value in ranks[0]["params"].items():
+        assert torch.equal(ranks[1]["params"][name], value), name
+    assert any(name.startswith("domain_classifier") for name in ranks[0]["params"]) == (lambda_max > 0)
 
 
 # --------------------------------------------------------------------------- learning

@@ -54,7 +54,7 @@ class DomainAdversarial(MetaLearner):
     all images, whose gradient reaches the feature extractor reversed and scaled by ``lambda``.
 
     ``lambda_max = 0`` is the *source-only* baseline: target images are not forwarded at all (so
-    BatchNorm statistics are the source's too) and the domain classifier is untouched.
+    BatchNorm statistics are the source's too) and there is no domain classifier.
 
     Metrics: ``train/loss``, ``train/class_loss``, ``train/domain_loss``, ``train/acc`` (source
     batch), ``train/domain_acc``, ``train/lambda``, ``train/samples_per_s``; for ``val`` and
@@ -158,7 +158,9 @@ class DomainAdversarial(MetaLearner):
         layers: list[nn.Module] = []
         for i in range(domain_layers):
             layers += [nn.Linear(width if i == 0 else domain_hidden, domain_hidden), nn.ReLU()]
-        self.domain_classifier = nn.Sequential(*layers, nn.Linear(domain_hidden, 1))
+        # source-only training has no domain classifier (a module that never receives a gradient would
+        # need DDP's find_unused_parameters)
+        self.domain_classifier = nn.Sequential(*layers, nn.Linear(domain_hidden, 1)) if lambda_max > 0 else None
         self.reversal = GradientReversal(0.0)
         self.results = nn.ModuleDict({"val": EpisodeResults(), "test": EpisodeResults(),
                                       "val_source": EpisodeResults(), "test_source": EpisodeResults()})
