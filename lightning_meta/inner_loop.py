@@ -32,6 +32,8 @@ import torch
 from torch import Tensor, nn
 from torch.func import grad, grad_and_value, vmap
 
+from lightning_meta.errors import ConfigurationError
+
 Params = dict[str, Tensor]
 Forward = Callable[[Params, Tensor], Tensor]
 LossFn = Callable[[Tensor, Tensor], Tensor]
@@ -199,6 +201,17 @@ def surrogate_loss(params: Mapping[str, Tensor], grads: Mapping[str, Tensor]) ->
 
 def has_batchnorm(module: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._NormBase) for m in module.modules())
+
+
+def require_batch_statistics(backbone: nn.Module, learner: str) -> None:
+    """Refuse BatchNorm layers with running statistics in a network the inner loop adapts: the inner loop
+    would update them in place and mix statistics across tasks (``learner`` names the algorithm)."""
+    for name, module in backbone.named_modules():
+        if isinstance(module, nn.modules.batchnorm._NormBase) and module.track_running_stats:
+            raise ConfigurationError(
+                f"model.init_args.backbone: BatchNorm layer {name!r} keeps running statistics, which the inner loop"
+                f" would update in place and mix across tasks; {learner} normalises with batch statistics: set"
+                " model.init_args.backbone.init_args.batch_norm_stats: batch")
 
 
 def has_convolution(module: nn.Module) -> bool:

@@ -11,7 +11,7 @@ from torch.func import functional_call
 
 from lightning_meta.algorithms.base import FIELD, MetaLearner
 from lightning_meta.errors import ConfigurationError, optional_positive, require_positive
-from lightning_meta.inner_loop import Params, inner_gradients, sub_params
+from lightning_meta.inner_loop import Params, inner_gradients, require_batch_statistics, sub_params
 from lightning_meta.models.backbone import build_module
 from lightning_meta.models.meta_lstm_cell import CoordinateMetaLSTM, MetaLSTMState, preprocess_gradient
 
@@ -125,12 +125,7 @@ class MetaLearnerLSTM(MetaLearner):
         require_positive(FIELD + "init_range", init_range, allow_zero=True, integer=False)
         require_positive(FIELD + "preprocess_p", preprocess_p, integer=False)
         self.learner = build_module(backbone)
-        for module_name, module in self.learner.named_modules():
-            if isinstance(module, nn.modules.batchnorm._NormBase) and module.track_running_stats:
-                raise ConfigurationError(
-                    f"{FIELD}backbone: BatchNorm layer {module_name!r} keeps running statistics, which the inner loop "
-                    "would update in place and mix across tasks; the Meta-Learner LSTM normalises with batch "
-                    "statistics: set model.init_args.backbone.init_args.batch_norm_stats: batch")
+        require_batch_statistics(self.learner, "the Meta-Learner LSTM")
         self.shapes = {name: p.shape for name, p in self.learner.named_parameters()}
         if not self.shapes:
             raise ConfigurationError(f"{FIELD}backbone has no parameters for the Meta-Learner LSTM to train")

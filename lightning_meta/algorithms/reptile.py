@@ -14,7 +14,14 @@ from lightning_meta.algorithms.base import FIELD, MetaLearner
 from lightning_meta.data.episodes import episode_generator
 from lightning_meta.data.sequences import OrderedTasks, episode_addresses
 from lightning_meta.errors import ConfigurationError, optional_positive, require_positive
-from lightning_meta.inner_loop import Forward, Params, has_batchnorm, inner_gradients, sub_params
+from lightning_meta.inner_loop import (
+    Forward,
+    Params,
+    has_batchnorm,
+    inner_gradients,
+    require_batch_statistics,
+    sub_params,
+)
 from lightning_meta.models.backbone import build_module
 from lightning_meta.tasks import TaskBatch
 
@@ -191,12 +198,7 @@ class Reptile(MetaLearner):
             if not isinstance(value, bool):
                 raise ConfigurationError(f"{FIELD}{name}={value!r} must be true or false")
         self.model = build_module(backbone)
-        for module_name, module in self.model.named_modules():
-            if isinstance(module, nn.modules.batchnorm._NormBase) and module.track_running_stats:
-                raise ConfigurationError(
-                    f"{FIELD}backbone: BatchNorm layer {module_name!r} keeps running statistics, which the inner "
-                    "loop would update in place and which would mix statistics across tasks; Reptile adapts "
-                    "BatchNorm with batch statistics: set model.init_args.backbone.init_args.batch_norm_stats: batch")
+        require_batch_statistics(self.model, "Reptile")
         self.inner_lr = inner_lr
         self.inner_steps = inner_steps
         self.test_inner_steps = test_inner_steps or inner_steps
