@@ -1,15 +1,11 @@
-"""Reptile: the outer update is epsilon * mean(phi - theta) through manual_backward, DDP equals one
-process, the transductive flag does what it says and is recorded, bad arguments name their field,
+"""Reptile: the outer update is epsilon * mean(phi - theta) through manual_backward (DDP: tests/test_ddp.py),
+the transductive flag does what it says and is recorded, bad arguments name their field,
 and Reptile beats the raw-pixel baseline on held-out hanzi characters (non-transductive)."""
 
 from __future__ import annotations
 
 import copy
 import logging
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import pytorch_lightning as pl
@@ -22,9 +18,6 @@ from lightning_meta import ConfigurationError, NpzDataModule, SinusoidDataModule
 from lightning_meta.algorithms.reptile import INNER_BATCH_SEED, Reptile
 from lightning_meta.data.episodes import episode_generator
 from lightning_meta.models import MLP, Conv4
-
-DDP_SCRIPT = Path(__file__).with_name("ddp_reptile_check.py")
-
 
 def small_conv(ways: int = 3, **kwargs) -> Conv4:
     return Conv4(1, ways, hidden_channels=4, image_size=8, **kwargs)
@@ -109,28 +102,6 @@ def test_outer_lr_anneals_linearly_to_its_final_value():
     quiet_trainer(max_steps=4, limit_val_batches=0, callbacks=[RecordLR()]).fit(model, data)
     assert lrs == pytest.approx([1.0, 0.75, 0.5, 0.25])
     assert isinstance(model.optimizers().optimizer, torch.optim.SGD)
-
-
-# ---------------------------------------------------------------------------------------- DDP
-def run_ddp(tmp_path: Path, devices: int, batching: str, model: str) -> dict:
-    out = tmp_path / f"{devices}_{batching}_{model}.pt"
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)}
-    result = subprocess.run([sys.executable, str(DDP_SCRIPT), str(out), str(devices), batching, model],
-                            capture_output=True, text=True, timeout=240, env=env)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return torch.load(out)
-
-
-@pytest.mark.parametrize("batching,model", [("vmap", "mlp"), ("loop", "conv")])
-def test_two_processes_match_one(tmp_path, batching, model):
-    """2 processes with 2 tasks each = 1 process with 4 tasks (mini-batch shuffles, inner Adam, annealed epsilon)."""
-    single = run_ddp(tmp_path, 1, batching, model)
-    double = run_ddp(tmp_path, 2, batching, model)
-    assert single["steps"] == double["steps"] == 3
-    assert single["lr"] == double["lr"] == pytest.approx(0.0)
-    for name, value in single["params"].items():
-        torch.testing.assert_close(double["params"][name], value, rtol=1e-5, atol=1e-6, msg=name)
-    assert double["allreduces"] == 3, "expected exactly one gradient all-reduce per outer step"
 
 
 # ---------------------------------------------------------------------------------------- transduction
