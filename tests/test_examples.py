@@ -27,6 +27,7 @@ def load(name: str):
     ("dann_image_folders", "source_only/test/target_acc", dict(classes=5)),
     ("mann_custom_controller", "test/acc_inst2", dict(test_episodes=8)),
     ("metalstm_inspect_gates", "test/acc", dict(test_episodes=8)),
+    ("snail_learned_label_code", "test/acc", dict(test_episodes=8)),
 ])
 def test_example_runs(name, metric, kwargs):
     results = load(name).main(steps=3, **kwargs)
@@ -52,6 +53,22 @@ def test_the_swapped_distance_is_trained():
     loss, _ = model.training_objective({}, support, labels, queries, torch.tensor([0, 1]))
     loss.backward()
     assert model.log_scale.grad is not None and model.log_scale.grad.abs().sum() > 0
+
+
+def test_snail_example_trains_its_label_codes_and_queries_get_the_unlabelled_code():
+    module = load("snail_learned_label_code")
+    import torch
+
+    torch.manual_seed(0)
+    model = module.LabelCodeSNAIL(module.Conv4(1, None, hidden_channels=4, pooling="max", batch_norm_stats="running"),
+                                  ways=3, shots=1, attention=[[4, 4], [4, 4]], tc_filters=[4])
+    features = torch.randn(2, 4)
+    unlabelled = model.sequence_inputs(features, None)[:, 4:]
+    assert torch.equal(unlabelled, model.label_codes.weight[3].expand(2, 3))
+    support, labels, queries = torch.randn(3, 1, 28, 28), torch.tensor([0, 1, 2]), torch.randn(2, 1, 28, 28)
+    loss, _ = model.training_objective({}, support, labels, queries, torch.tensor([0, 2]))
+    loss.backward()
+    assert model.label_codes.weight.grad[:4].abs().sum(1).gt(0).all()
 
 
 def test_reptile_example_descends_the_smoothed_loss():
