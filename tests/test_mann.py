@@ -11,14 +11,16 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from fixtures_images import make_omniglot
-from meta_helpers import (DATA_DIR, episode_alone_and_among_others, pixel_prototype_accuracy, quiet_trainer,
+from meta_helpers import (DATA_DIR, episode_alone_and_among_others, quiet_trainer,
                           random_classification_batch)
 from test_cli import REPO, cli
+from torch import nn
 
 from lightning_meta.algorithms.mann import MANN
 from lightning_meta.data.npz import NpzDataModule
 from lightning_meta.data.sequences import episode_permutations, label_stream
 from lightning_meta.errors import ConfigurationError
+from lightning_meta.metrics import mean_and_ci95
 from lightning_meta.models.conv4 import Conv4
 from lightning_meta.models.memory import LRUAMemory, MemoryState
 
@@ -81,6 +83,37 @@ def test_least_used_weights_mark_as_many_slots_as_heads_ties_to_the_lowest_index
     expected = torch.zeros(5, 2, dtype=torch.float64)
     expected[:2] = 0.5 * keys[0].sum(0)
     torch.testing.assert_close(state.memory[0], expected)
+
+
+def test_key_strengths_multiply_the_cosines_before_the_softmax():
+    """NTM-style sharpening by hand on a 3 x 2 memory: w_r = softmax(beta cos); no strengths: beta = 1."""
+    memory = LRUAMemory(slots=3, width=2, read_heads=2)
+    rows = torch.tensor([[[1.0, 0.0], [0.0, 2.0], [-3.0, 0.0]]], dtype=torch.float64)
+    keys = torch.tensor([[[1.0, 1.0], [2.0, 0.0]]], dtype=torch.float64)
+    strengths = torch.tensor([[4.0, 0.5]], dtype=torch.float64)
+    c = 1 / math.sqrt(2)
+    cosines = [[c, c, -c], [1.0, 0.0, -1.0]]  # head 0 ([1, 1]) and head 1 ([2, 0]) against the three rows
+
+    def softmax(values):
+        exps = [math.exp(v) for v in values]
+        return [e / sum(exps) for e in exps]
+
+    expected = [softmax([4.0 * v for v in cosines[0]]), softmax([0.5 * v for v in cosines[1]])]
+    torch.testing.assert_close(memory.address(keys, rows, strengths)[0], torch.tensor(expected, dtype=torch.float64))
+    plain = [softmax(cosines[0]), softmax(cosines[1])]
+    torch.testing.assert_close(memory.address(keys, rows)[0], torch.tensor(plain, dtype=torch.float64))
+
+
+def test_a_wiped_row_has_cosine_zero_and_passes_no_gradient():
+    """x / (|x| + eps) would send a 1 / eps gradient into an all-zero row (NaN in fp16 backward)."""
+    memory = LRUAMemory(slots=2, width=3, read_heads=1)
+    rows = torch.tensor([[[0.0, 0.0, 0.0], [0.0, 2.0, 0.0]]], dtype=torch.float64, requires_grad=True)
+    keys = torch.tensor([[[1.0, 1.0, 0.0]]], dtype=torch.float64, requires_grad=True)
+    weights = memory.address(keys, rows)
+    expected = torch.softmax(torch.tensor([0.0, 1 / math.sqrt(2)], dtype=torch.float64), 0)
+    torch.testing.assert_close(weights[0, 0], expected)
+    weights[0, 0, 1].backward()
+    assert rows.grad[0, 0].abs().max() == 0 and torch.isfinite(keys.grad).all()
 
 
 def test_reads_are_convex_combinations_of_memory_rows():
@@ -148,6 +181,30 @@ def test_output_at_t_sees_only_inputs_up_to_t_and_labels_before_t(memory_slots):
     # at t = 0 there is no label yet: the label input is a zero vector
     inputs = model.step_inputs(x, previous)
     assert inputs[:, 0, 4:].abs().sum() == 0 and (inputs[:, 1:, 4:].sum(-1) == 1).all()
+
+
+def test_key_strength_adds_one_learned_strength_per_head():
+    """key_strength=True: beta = 1 + softplus(W_b h) per head sharpens the reads; default: the paper's."""
+    assert tiny_mann().strength_layer is None and tiny_mann(memory_slots=0, key_strength=True).strength_layer is None
+    model = tiny_mann(key_strength=True)
+    assert model.strength_layer.out_features == 2
+    x, _, previous = tiny_streams()
+    plain = model.stream_logits(x, previous)
+    with torch.no_grad():
+        model.strength_layer.bias.fill_(20.0)  # beta ~ 21: sharper reads, other outputs
+    assert not torch.allclose(model.stream_logits(x, previous), plain)
+    with torch.no_grad():  # beta = 1 + softplus(log(e - 1)) = 2
+        model.strength_layer.weight.zero_()
+        model.strength_layer.bias.fill_(math.log(math.e - 1))
+    inputs = model.step_inputs(x, previous)
+    state = model.initial_state(2, inputs)
+    _, state = model.step(inputs[:, 0], state)
+    memory_state = state[1]
+    h = state[0][0]
+    keys = torch.tanh(model.key_layer(h)).unflatten(-1, (2, 5))
+    torch.testing.assert_close(memory_state.read_weights, model.memory.address(keys, memory_state.memory,
+                                                                               torch.full((2, 2), 2.0,
+                                                                                          dtype=torch.float64)))
 
 
 def test_lstm_baseline_is_the_same_network_without_memory():
@@ -219,6 +276,7 @@ def test_predict_task_continues_the_support_stream_once_per_query():
     (dict(read_heads=0), "model.init_args.read_heads=0"),
     (dict(memory_slots=3, read_heads=4), "model.init_args.read_heads=4 exceeds model.init_args.memory_slots=3"),
     (dict(usage_decay=1.5), "model.init_args.usage_decay=1.5"),
+    (dict(key_strength="yes"), "model.init_args.key_strength='yes'"),
     (dict(report_instances=[1, 0]), "model.init_args.report_instances entry=0"),
     (dict(input_shape=None), "model.init_args.input_shape is needed"),
     (dict(input_shape=[0, 28, 28]), "model.init_args.input_shape"),
@@ -281,35 +339,44 @@ def test_the_config_fits_and_tests_through_the_cli(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- learning
-@pytest.mark.slow
-def test_mann_learns_from_the_delayed_labels_on_held_out_hanzi():
-    """200 meta-batches of 16 hanzi streams (5 classes x 4 instances; held-out classes at test).
-
-    What this budget (about 35 s on a busy 2-core CPU) reaches, measured: acc_inst1 = 45.5% +- 2.5%
-    (chance 20%: the network has learned from the delayed labels which classes a stream has already
-    shown and guesses among the others), acc_inst2 = 31% +- 2%, test/acc 34%; the raw-pixel nearest
-    prototype with one labelled example per class (``test_shots=1``, the same test episodes) 80%.
-
-    Not asserted, because it is not reached in a CPU budget: the paper's claim that the 2nd
-    presentation beats the 1st (binding a label to a stored instance) and, with it, beating the pixel
-    baseline.  Binding is the slow phase of MANN training (Santoro et al. train 10^5 episodes): in our
-    runs it had not started after 30,000 episodes of streams of near-orthogonal synthetic features
-    (20 steps, 1 or 2 heads, plain or sharpened reads), nor after 6,000 hanzi episodes.  The fair
-    comparison with the pixel baseline, once trained long enough, is MANN's acc_inst2 (one labelled
-    example of the class seen) against the pixel 1-shot accuracy on the same episodes, printed here.
-    """
-    torch.set_num_threads(1)  # 50-step loops of small operations: a second thread only adds overhead
-    pl.seed_everything(0)
-    data = NpzDataModule(path=str(DATA_DIR / "hanzi_300x20.npz"), ways=5, shots=1, queries=3,
-                         rotations=(0, 90, 180, 270), meta_batch_size=16, episodes_per_epoch=16 * 200,
-                         val_episodes=4, test_episodes=200)
-    model = MANN(ways=5, embedding=Conv4(1, None, hidden_channels=8, pooling="max", batch_norm_stats="running"),
-                 controller_size=64, memory_slots=32, memory_width=16, read_heads=1, outer_lr=5e-3,
-                 gradient_clip_val=10.0)
+def hanzi_binding_run(seed: int, steps: int = 3000) -> tuple[dict[str, float], float]:
+    """MANN meta-trained on ``steps`` meta-batches of 16 hanzi streams of 3 classes x 5 instances, then
+    tested on 300 streams of held-out classes: the test metrics and the 95% CI of the per-episode
+    difference acc_inst2 - acc_inst1."""
+    torch.set_num_threads(1)  # 15-step loops of small operations: a second thread only adds overhead
+    pl.seed_everything(seed)
+    data = NpzDataModule(path=str(DATA_DIR / "hanzi_300x20.npz"), ways=3, shots=1, queries=4,
+                         rotations=(0, 90, 180, 270), meta_batch_size=16, episodes_per_epoch=16 * steps,
+                         val_episodes=4, test_episodes=300, seed=seed)
+    # standardised pixels projected to 32 features: inputs of unit scale that do not swamp the label input
+    embedding = nn.Sequential(nn.Flatten(), nn.LayerNorm(784), nn.Linear(784, 32))
+    model = MANN(ways=3, embedding=embedding, input_shape=[1, 28, 28], controller_size=64, memory_slots=32,
+                 memory_width=16, read_heads=1, report_instances=[1, 2, 3, 5], outer_lr=3e-3, gradient_clip_val=10.0)
     trainer = quiet_trainer(max_epochs=1, limit_val_batches=0)
     trainer.fit(model, data)
-    ours = trainer.test(model, data, verbose=False)[0]
-    pixels = pixel_prototype_accuracy(data)
-    print({k: round(v, 4) for k, v in ours.items()}, "pixels 1-shot", round(pixels.mean().item(), 4))
-    assert ours["test/acc_inst1"] > 0.2 + 3 * ours["test/acc_inst1_ci95"]
-    assert ours["test/loss"] < math.log(5) - 0.05
+    results = trainer.test(model, data, verbose=False)[0]
+    rows = model.results["test"].rows()
+    _, ci = mean_and_ci95(torch.tensor([row["acc_inst2"] - row["acc_inst1"] for row in rows], dtype=torch.float64))
+    return results, ci
+
+
+@pytest.mark.slow
+def test_mann_binds_labels_to_instances_on_held_out_hanzi():
+    """Santoro et al.'s claim: the 2nd presentation of a class beats the 1st (the network binds the
+    label it saw one step after an instance to a later instance), here on held-out hanzi classes.
+
+    3,000 meta-batches of 16 streams of 3 classes x 5 instances, measured on one thread of a busy 2-core
+    CPU (seeds 0 / 1 / 2): 75 / 77 / 85 s (90 s under pytest); acc_inst1 36.9 / 44.2 / 44.8% (+-3%),
+    acc_inst2 67.1 / 70.7 / 68.8% (+-3%), acc_inst3 66.9 / 74.2 / 73.9% (chance 33%); inst2 - inst1 =
+    +0.30 / +0.26 / +0.24, 95% CI 0.039 / 0.044 / 0.038.  Binding starts after about 2,000
+    meta-batches; before it the network only learns from the delayed labels which classes a stream has
+    already shown (acc_inst1 ~ 60%).
+    With 5 classes x 4 instances the same network had not started binding after 9,000 meta-batches.
+    """
+    results, ci = hanzi_binding_run(seed=0)
+    numbers = {k: round(v, 4) for k, v in results.items()} | {"inst2 - inst1 ci95": round(ci, 4)}
+    margin = results["test/acc_inst2"] - results["test/acc_inst1"]
+    assert margin > 3 * ci, numbers
+    # the margin comes from the 2nd presentation rising, not from the 1st pushed below chance (1/3)
+    assert results["test/acc_inst2"] > 1 / 3 + 3 * results["test/acc_inst2_ci95"], numbers
+    assert results["test/acc_inst1"] > 1 / 3 - results["test/acc_inst1_ci95"], numbers

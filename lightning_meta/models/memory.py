@@ -10,9 +10,15 @@ of the paper's equations (Santoro et al. 2016, Sec. 3.2)::
     w_w_t^h     = sigmoid(alpha^h) w_r_{t-1}^h + (1 - sigmoid(alpha^h)) w_lu_{t-1}
     M           = M_{t-1} with the slots of w_lu_{t-1} set to zero           ("prior to writing")
     M_t         = M + sum_h w_w_t^h (outer) k_t^h
-    w_r_t^h(i)  = softmax_i( cosine(k_t^h, M_t(i)) )                         (content addressing)
+    w_r_t^h(i)  = softmax_i( beta_t^h cosine(k_t^h, M_t(i)) )                (content addressing)
     r_t^h       = sum_i w_r_t^h(i) M_t(i)                                    (a convex combination of rows)
     w_u_t       = gamma w_u_{t-1} + sum_h w_r_t^h + sum_h w_w_t^h
+
+Key strengths ``beta_t^h``: the paper's addressing is the plain cosine, ``beta = 1`` (``strengths=None``).
+Cosines lie in ``[-1, 1]``, so among ``slots`` rows the best match gets at most ``e^2 / (e^2 + slots - 1)``
+of the read weight (``e / (e + slots - 1)`` when the other rows are wiped, cosine 0).  A controller may
+pass per-head strengths ``beta >= 0`` ``[B, heads]`` that multiply the cosines before the softmax, the
+key strength of the Neural Turing Machine (Graves et al. 2014) that MANN builds on, to sharpen reads.
 
 Least-used weights: the paper's ``m(w_u, n)``, 1 on the ``n = read_heads`` least-used slots, shared by
 all heads (with one head, the single least-used slot).  We keep the paper's definition because it is
@@ -71,7 +77,7 @@ class LRUAMemory(nn.Module):
         width: numbers per row, the size of the keys (40 in the paper).
         read_heads: read (and write) heads; also the number of least-used slots ``n`` (4 in the paper).
         gamma: decay of the usage weights (0.95 in the paper's and public re-implementations).
-        eps: added to the norms of the cosine similarity (a wiped row has norm 0).
+        eps: rows and keys of norm at most ``eps`` count as empty: cosine 0 (a wiped row has norm 0).
 
     Reference:
         Santoro et al., "Meta-Learning with Memory-Augmented Neural Networks", ICML 2016.
@@ -119,22 +125,42 @@ class LRUAMemory(nn.Module):
         gate = torch.sigmoid(alphas).unsqueeze(-1)
         return gate * previous_read_weights + (1 - gate) * least_used.unsqueeze(1)
 
-    def address(self, keys: Tensor, memory: Tensor) -> Tensor:
-        """Read weights ``[B, heads, slots]``: softmax over slots of ``cosine(key, M_i)``."""
-        keys_unit = keys / (keys.norm(dim=-1, keepdim=True) + self.eps)
-        rows_unit = memory / (memory.norm(dim=-1, keepdim=True) + self.eps)
-        return torch.softmax(keys_unit @ rows_unit.transpose(1, 2), dim=-1)
+    def unit(self, x: Tensor) -> Tensor:
+        """``x`` scaled to unit norm along the last dimension; vectors of norm ``<= eps`` (a wiped row)
+        become 0 with a zero gradient.  (``x / (|x| + eps)`` would give them a gradient of ``1 / eps``:
+        harmless in float32 when multiplied by zeros, but it overflows float16 gradients into NaN.)"""
+        norm = x.norm(dim=-1, keepdim=True)
+        return x / torch.where(norm > self.eps, norm, torch.full_like(norm, float("inf")))
 
-    def step(self, keys: Tensor, alphas: Tensor, state: MemoryState) -> tuple[Tensor, MemoryState]:
-        """One write then read: ``keys [B, heads, width]``, ``alphas [B, heads]`` (write gate logits).
+    def address(self, keys: Tensor, memory: Tensor, strengths: Optional[Tensor] = None) -> Tensor:
+        """Read weights ``[B, heads, slots]``: softmax over slots of ``beta * cosine(key, M_i)``, with the
+        key strengths ``beta = strengths [B, heads]`` (``None``: 1, the paper's plain cosine).  A wiped
+        (all-zero) row has cosine 0 with every key."""
+        keys_unit, rows_unit = self.unit(keys), self.unit(memory)
+        similarity = keys_unit @ rows_unit.transpose(1, 2)
+        if strengths is not None:
+            similarity = strengths.unsqueeze(-1) * similarity
+        return torch.softmax(similarity, dim=-1)
 
-        Returns the read vectors ``[B, heads, width]`` and the new state.
+    def step(self, keys: Tensor, alphas: Tensor, state: MemoryState,
+             strengths: Optional[Tensor] = None) -> tuple[Tensor, MemoryState]:
+        """One write then read: ``keys [B, heads, width]``, ``alphas [B, heads]`` (write gate logits) and
+        optional key strengths ``[B, heads]`` (see :meth:`address`).
+
+        Returns the read vectors ``[B, heads, width]`` and the new state.  The step runs in at least
+        float32 with autocast off: under fp16/bf16 mixed precision the memory keeps float32 rows, usage
+        and weights (it is a few small products per step, and sums of many steps' keys need the range).
         """
-        least_used = self.least_used(state.usage)
-        write = self.write_weights(alphas, state.read_weights, least_used)
-        memory = state.memory * (1 - least_used).unsqueeze(-1)
-        memory = memory + write.transpose(1, 2) @ keys
-        read = self.address(keys, memory)
-        reads = read @ memory
-        usage = self.gamma * state.usage + read.sum(1) + write.sum(1)
+        dtype = torch.promote_types(keys.dtype, torch.float32)
+        with torch.autocast(keys.device.type, enabled=False):
+            keys, alphas = keys.to(dtype), alphas.to(dtype)
+            strengths = None if strengths is None else strengths.to(dtype)
+            state = MemoryState(*(value.to(dtype) for value in state))
+            least_used = self.least_used(state.usage)
+            write = self.write_weights(alphas, state.read_weights, least_used)
+            memory = state.memory * (1 - least_used).unsqueeze(-1)
+            memory = memory + write.transpose(1, 2) @ keys
+            read = self.address(keys, memory, strengths)
+            reads = read @ memory
+            usage = self.gamma * state.usage + read.sum(1) + write.sum(1)
         return reads, MemoryState(memory, read, usage, write)
