@@ -12,6 +12,7 @@ import warnings
 
 import numpy as np
 import pytest
+import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from meta_helpers import DATA_DIR, meta_gradient, quiet_trainer
@@ -19,7 +20,7 @@ from pytorch_lightning.plugins import MixedPrecision
 from torch.amp import GradScaler
 from torch.func import functional_call
 
-from lightning_meta import MAML, ClassImages, TaskBatch
+from lightning_meta import MAML, MANN, SNAIL, ClassImages, MetaLearnerLSTM, TaskBatch
 from lightning_meta.inner_loop import adapt, constant_step_size
 from lightning_meta.models import MLP, Conv4
 
@@ -118,3 +119,31 @@ def test_bf16_on_a_cpu_without_native_bf16_warns(monkeypatch, tmp_path, native_b
         trainer.fit(model, data)
     slow = [w for w in caught if "without native bf16" in str(w.message)]
     assert len(slow) == (0 if native_bf16 else 1)
+
+
+def black_box_learner(name: str) -> pl.LightningModule:
+    """Small SNAIL, MANN and Meta-Learner LSTM on 28x28 images, from a fixed seed."""
+    torch.manual_seed(0)
+    embedding = Conv4(1, None, hidden_channels=16, pooling="max", batch_norm_stats="running")
+    if name == "snail":
+        return SNAIL(embedding, ways=5, shots=1, attention=[[16, 8], [32, 16]], tc_filters=[16])
+    if name == "mann":
+        return MANN(5, embedding, controller_size=32, memory_slots=16, memory_width=8, read_heads=2)
+    return MetaLearnerLSTM(Conv4(1, 5, hidden_channels=16, pooling="max"), inner_steps=3)
+
+
+@pytest.mark.parametrize("learner", ["snail", "mann", "metalstm"])
+@pytest.mark.parametrize("precision", ["bf16-mixed", "fp16"])
+def test_black_box_meta_gradients_under_mixed_precision(hanzi_batch, learner, precision):
+    """SNAIL's attention, MANN's memory (cosine reads of wiped, all-zero rows) and the Meta-LSTM's
+    inner gradients in half precision: finite, and pointing where float64's points.  fp16 starts the
+    GradScaler at 2^8: at its default 2^16 the Meta-LSTM's outer backward (gradients summed over the
+    learner's coordinates) overflows on the first step, which the scaler skips and halves (dynamic
+    loss scaling at work: 8 skipped steps down to 2^8).  The inner gradients are scaled by the same
+    scale (test_inner_loss_scale_follows_the_trainers_grad_scaler)."""
+    reference = meta_gradient(black_box_learner(learner), hanzi_batch, "64-true")
+    fp16 = MixedPrecision("16-mixed", "cpu", GradScaler("cpu", init_scale=2.0**8))
+    setting = fp16 if precision == "fp16" else precision
+    ours = meta_gradient(black_box_learner(learner), hanzi_batch, setting)
+    assert all(torch.isfinite(g).all() for g in ours.values())
+    assert cosine(ours, reference) > 0.5, cosine(ours, reference)
