@@ -50,6 +50,18 @@ def test_one_step_after_a_prefix_equals_the_full_sequence(prefix_length):
         torch.testing.assert_close(stepped[:, j], full[:, -1], rtol=0, atol=1e-12)
 
 
+def test_dense_block_is_a_causal_dilated_convolution():
+    """The two-tap form equals nn.Conv1d on the left-padded sequence (float64)."""
+    torch.manual_seed(0)
+    block = DenseBlock(5, 3, dilation=2).double()
+    x = torch.randn(2, 7, 5, dtype=torch.float64)
+    kernel = torch.stack([block.earlier.weight, block.current.weight], -1)       # [2F, C, 2]: taps t - 2, t
+    padded = torch.nn.functional.pad(x.transpose(1, 2), (2, 0))
+    convolved = torch.nn.functional.conv1d(padded, kernel, block.current.bias, dilation=2).transpose(1, 2)
+    xf, xg = convolved.chunk(2, dim=-1)
+    torch.testing.assert_close(block(x), torch.cat([x, torch.tanh(xf) * torch.sigmoid(xg)], -1))
+
+
 def test_tc_blocks_cover_the_sequence():
     assert len(TCBlock(4, 6, 2).blocks) == 3 and len(TCBlock(4, 26, 2).blocks) == 5 and len(TCBlock(4, 2, 2).blocks) == 1
     assert [b.dilation for b in TCBlock(4, 26, 2).blocks] == [1, 2, 4, 8, 16]

@@ -38,23 +38,34 @@ class DenseBlock(nn.Module):
     def __init__(self, in_channels: int, filters: int, dilation: int):
         super().__init__()
         self.dilation = dilation
-        self.conv = nn.Conv1d(in_channels, 2 * filters, kernel_size=2, dilation=dilation)
+        # the kernel's two taps as two linear maps: contiguous weights, matrix products only (on CPU a
+        # dilated nn.Conv1d loops over small copies, and slicing its [2F, C, 2] kernel copies it per call);
+        # initialised exactly as nn.Conv1d(in_channels, 2 * filters, kernel_size=2)
+        conv = nn.Conv1d(in_channels, 2 * filters, kernel_size=2)
+        self.earlier = nn.utils.skip_init(nn.Linear, in_channels, 2 * filters, bias=False)  # tap at t - dilation
+        self.current = nn.utils.skip_init(nn.Linear, in_channels, 2 * filters)               # tap at t
+        with torch.no_grad():
+            self.earlier.weight.copy_(conv.weight[:, :, 0])
+            self.current.weight.copy_(conv.weight[:, :, 1])
+            self.current.bias.copy_(conv.bias)
 
     def _gate(self, pre: Tensor) -> Tensor:
         xf, xg = pre.chunk(2, dim=-1)
         return torch.tanh(xf) * torch.sigmoid(xg)
 
+    def _taps(self, earlier: Tensor, current: Tensor) -> Tensor:
+        """The convolution's pre-activations from the inputs at ``t - dilation`` and ``t`` (``[..., C]`` each)."""
+        return self.current(current) + self.earlier(earlier)
+
     def forward(self, x: Tensor) -> Tensor:
-        padded = F.pad(x.transpose(1, 2), (self.dilation, 0))     # left padding: causal
-        return torch.cat([x, self._gate(self.conv(padded).transpose(1, 2))], -1)
+        earlier = F.pad(x, (0, 0, self.dilation, 0))[:, : x.shape[1]]  # x[t - d]; zeros before the start
+        return torch.cat([x, self._gate(self._taps(earlier, x))], -1)
 
     def step(self, prefix: Tensor, new: Tensor) -> Tensor:
         """Outputs ``[B, M, C + filters]`` of ``new [B, M, C]``, each at position ``S`` after ``prefix [B, S, C]``."""
         position = prefix.shape[1] - self.dilation
         earlier = prefix[:, position] if position >= 0 else prefix.new_zeros(prefix.shape[0], prefix.shape[2])
-        weight, bias = self.conv.weight, self.conv.bias                 # [2F, C, 2]: taps t - d and t
-        pre = new @ weight[:, :, 1].T + (earlier @ weight[:, :, 0].T + bias).unsqueeze(1)
-        return torch.cat([new, self._gate(pre)], -1)
+        return torch.cat([new, self._gate(self._taps(earlier.unsqueeze(1), new))], -1)
 
 
 class TCBlock(nn.Module):
