@@ -109,7 +109,9 @@ class AttentionBlock(nn.Module):
 
     def __init__(self, in_channels: int, key_size: int, value_size: int):
         super().__init__()
-        self.key = nn.Linear(in_channels, key_size)
+        # no key bias: it adds query . bias to every logit of a row, which the softmax ignores (its gradient
+        # is exactly zero, and Adam would random-walk it on round-off)
+        self.key = nn.Linear(in_channels, key_size, bias=False)
         self.query = nn.Linear(in_channels, key_size)
         self.value = nn.Linear(in_channels, value_size)
         self.scale = 1.0 / math.sqrt(key_size)
