@@ -58,7 +58,9 @@ class MetaLearner(pl.LightningModule):
             optimisation, so it lives here.
         accumulate_grad_batches: outer step every this many meta-batches (replaces the Trainer flag).
         batching: ``"loop"``, ``"vmap"`` or ``"auto"`` (vmap for small models without BatchNorm or
-            convolutions on CPU; see :func:`lightning_meta.inner_loop.choose_batching`).
+            convolutions on CPU; see :func:`lightning_meta.inner_loop.choose_batching`).  Learners
+            whose class sets ``has_batching_choice = False`` always loop, and neither ``batching`` nor
+            ``chunk_size`` is recorded in their hyperparameters.
         chunk_size: in vmap mode, tasks vectorised at once (``None``: the whole meta-batch).
 
     Example::
@@ -90,7 +92,7 @@ class MetaLearner(pl.LightningModule):
         self.outer_lr = outer_lr
         self.gradient_clip_val = gradient_clip_val
         self.accumulate_grad_batches = accumulate_grad_batches
-        self.batching = batching
+        self.batching = batching if self.has_batching_choice else "loop"
         self.chunk_size = chunk_size
         self.results = nn.ModuleDict({"val": EpisodeResults(), "test": EpisodeResults()})
         self._last_step_end: Optional[float] = None
@@ -98,6 +100,8 @@ class MetaLearner(pl.LightningModule):
             warnings.filterwarnings("ignore", message=".*is an instance of `nn.Module`")
             self.save_hyperparameters()
         self._make_hparams_primitive()
+        if not self.has_batching_choice:
+            self.remove_ignored_hparams(["batching", "chunk_size"])
 
     # ------------------------------------------------------------------ the subclass contract
     def training_objective(self, params: Params, support_x: Tensor, support_y: Tensor, query_x: Tensor,
@@ -112,6 +116,10 @@ class MetaLearner(pl.LightningModule):
 
     #: Whether :meth:`evaluate_task` takes gradients (inner-loop adaptation); metric learners do not.
     adapts_with_gradients: bool = True
+
+    #: Whether ``batching`` (loop / vmap of the tasks' inner loops) means anything for this learner;
+    #: ``False``: tasks always run one by one (or the learner batches them itself).
+    has_batching_choice: bool = True
 
     def loss(self, predictions: Tensor, targets: Tensor) -> Tensor:
         """Cross-entropy for integer labels, mean squared error for float targets."""

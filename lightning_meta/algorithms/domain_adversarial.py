@@ -111,6 +111,7 @@ class DomainAdversarial(MetaLearner):
     """
 
     adapts_with_gradients = False
+    has_batching_choice = False
 
     def __init__(
         self,
@@ -131,8 +132,8 @@ class DomainAdversarial(MetaLearner):
         gradient_clip_val: Optional[float] = None,
         input_shape: Optional[Sequence[int]] = None,
     ):
-        super().__init__(outer_lr=outer_lr, gradient_clip_val=gradient_clip_val, batching="loop")
-        self.remove_ignored_hparams(["accumulate_grad_batches", "batching", "chunk_size"])
+        super().__init__(outer_lr=outer_lr, gradient_clip_val=gradient_clip_val)
+        self.remove_ignored_hparams(["accumulate_grad_batches"])
         require_positive(FIELD + "num_classes", num_classes)
         require_positive(FIELD + "domain_hidden", domain_hidden)
         require_positive(FIELD + "domain_layers", domain_layers)
@@ -164,10 +165,6 @@ class DomainAdversarial(MetaLearner):
         self.reversal = GradientReversal(0.0)
         self.results = nn.ModuleDict({"val": EpisodeResults(), "test": EpisodeResults(),
                                       "val_source": EpisodeResults(), "test_source": EpisodeResults()})
-
-    def remove_ignored_hparams(self, names: Sequence[str]) -> None:
-        for name in names:
-            self.hparams.pop(name, None)
 
     # ------------------------------------------------------------------ the model
     def features(self, x: Tensor) -> Tensor:

@@ -123,6 +123,7 @@ class FineTuningBaseline(MetaLearner):
     #: Fine-tuning takes gradients, but on detached features in its own grad-enabled region (see the
     #: class docstring): the base need not enable gradients nor refuse inference mode.
     adapts_with_gradients = False
+    has_batching_choice = False
 
     def __init__(
         self,
@@ -144,8 +145,7 @@ class FineTuningBaseline(MetaLearner):
         accumulate_grad_batches: int = 1,
     ):
         super().__init__(outer_lr=outer_lr, gradient_clip_val=gradient_clip_val,
-                         accumulate_grad_batches=accumulate_grad_batches, batching="loop")
-        self.remove_ignored_hparams(["batching", "chunk_size"])
+                         accumulate_grad_batches=accumulate_grad_batches)
         if head not in HEADS:
             raise ConfigurationError(f"{FIELD}head={head!r} is unknown: choose 'linear' (Baseline) or 'cosine' "
                                      "(Baseline++)")

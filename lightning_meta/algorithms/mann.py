@@ -125,6 +125,7 @@ class MANN(MetaLearner):
     """
 
     adapts_with_gradients = False
+    has_batching_choice = False
 
     def __init__(
         self,
@@ -144,8 +145,7 @@ class MANN(MetaLearner):
         accumulate_grad_batches: int = 1,
     ):
         super().__init__(outer_lr=outer_lr, gradient_clip_val=gradient_clip_val,
-                         accumulate_grad_batches=accumulate_grad_batches, batching="loop")
-        self.remove_ignored_hparams(["batching", "chunk_size"])
+                         accumulate_grad_batches=accumulate_grad_batches)
         require_positive(FIELD + "ways", ways)
         require_positive(FIELD + "controller_size", controller_size)
         require_positive(FIELD + "memory_slots", memory_slots, allow_zero=True)

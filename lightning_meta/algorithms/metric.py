@@ -61,6 +61,7 @@ class MetricLearner(MetaLearner):
     """
 
     adapts_with_gradients = False
+    has_batching_choice = False
 
     def __init__(
         self,
@@ -71,8 +72,7 @@ class MetricLearner(MetaLearner):
         accumulate_grad_batches: int = 1,
     ):
         super().__init__(outer_lr=outer_lr, gradient_clip_val=gradient_clip_val,
-                         accumulate_grad_batches=accumulate_grad_batches, batching="loop")
-        self.remove_ignored_hparams(["batching", "chunk_size"])
+                         accumulate_grad_batches=accumulate_grad_batches)
         self.embedding = build_module(embedding)
         self.embed_together = embed_together
         self._support: Optional[Any] = None
