@@ -6,7 +6,9 @@ classes x 10 instances) with the same Conv4 (64 filters, max-pooling) from the s
 
 * ProtoNet: ``PrototypicalNetwork`` on the Conv4 embedding (the reference: the embedding alone);
 * SNAIL: the same embedding, then the paper's Omniglot sequence model (attention [[64, 32],
-  [256, 128], [512, 256]], TC filters [128, 128]), every query appended to the shared support prefix;
+  [256, 128], [512, 256]], TC filters [128, 128]), every query appended to the shared support prefix,
+  the sequence model run on 4 episodes per call (the default ``episodes_per_pass``); and one episode
+  per call (``SNAIL 1 per pass``), the least memory;
 * MANN: the same embedding, an LSTM controller of 200 units, a 128 x 40 LRUA memory with 4 read
   heads (the paper's sizes), 50 steps per stream; and its plain-LSTM baseline (``memory_slots=0``);
 * Meta-Learner LSTM: the same Conv4 as the learner (with a 5-way head, batch statistics) trained on
@@ -57,7 +59,7 @@ TITLE = "Model-based and learned-optimizer training steps next to ProtoNet (same
 HEADERS = ("model", "step ms", "min ms", "tasks/s", "vs ProtoNet", "inner ms", "LSTM ms", "peak MiB",
            "mem vs ProtoNet", "other load")
 WAYS, SHOTS, QUERIES = 5, 1, 9
-VARIANTS = ("ProtoNet", "SNAIL", "MANN", "MANN LSTM baseline", "Meta-Learner LSTM")
+VARIANTS = ("ProtoNet", "SNAIL", "SNAIL 1 per pass", "MANN", "MANN LSTM baseline", "Meta-Learner LSTM")
 MEMORY_STEPS = 2
 
 
@@ -99,8 +101,8 @@ def build_model(variant: str, inner_steps: int) -> pl.LightningModule:
     embedding = build_embedding()
     if variant == "ProtoNet":
         return PrototypicalNetwork(embedding)
-    if variant == "SNAIL":
-        return SNAIL(embedding, ways=WAYS, shots=SHOTS)
+    if variant.startswith("SNAIL"):
+        return SNAIL(embedding, ways=WAYS, shots=SHOTS, episodes_per_pass=1 if "1 per pass" in variant else 4)
     if variant.startswith("MANN"):
         return MANN(WAYS, embedding, memory_slots=0 if "baseline" in variant else 128)
     learner = build_embedding(WAYS, statistics="batch")

@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 import pytorch_lightning as pl
 import torch
-from meta_helpers import DATA_DIR, pixel_prototype_accuracy, quiet_trainer, random_classification_batch
+from meta_helpers import (DATA_DIR, meta_gradient, pixel_prototype_accuracy, quiet_trainer,
+                          random_classification_batch, relative_difference)
 
 from lightning_meta import SNAIL, ConfigurationError, NpzDataModule, TaskBatch
 from lightning_meta.models import Conv4, SnailSequenceModel
@@ -116,6 +117,20 @@ def test_the_support_order_changes_predictions_only_through_the_sequence():
     assert not torch.allclose(a, b)
 
 
+def test_episodes_per_pass_changes_speed_not_results():
+    """Groups of episodes through one sequence-model call (5 episodes: groups of 1, 2 + 2 + 1, all 5) give
+    the meta-gradient and the evaluation of one episode at a time (float64; BatchNorm stays per episode)."""
+    batch = random_classification_batch(5, 5, 1, 3, (1, 16, 16))
+    doubled = TaskBatch(*(t.double() if t.is_floating_point() else t for t in batch.tensors()), index=batch.index)
+    gradients, predictions = [], []
+    for per_pass in (1, 2, 8):
+        gradients.append(meta_gradient(small_snail(episodes_per_pass=per_pass), batch))
+        predictions.append(small_snail(episodes_per_pass=per_pass).double().eval().evaluate_batch(doubled)[0])
+    for grads, logits in zip(gradients[1:], predictions[1:]):
+        assert relative_difference(grads, gradients[0]) < 1e-10
+        torch.testing.assert_close(logits, predictions[0], rtol=0, atol=1e-10)
+
+
 def test_training_step_updates_every_part_and_checkpoint_reloads(tmp_path):
     model = small_snail()
     batch = random_classification_batch(2, 5, 1, 2, (1, 16, 16))
@@ -135,6 +150,7 @@ def test_training_step_updates_every_part_and_checkpoint_reloads(tmp_path):
 @pytest.mark.parametrize("kwargs,field", [
     (dict(ways=0), "model.init_args.ways=0"),
     (dict(shots=-1), "model.init_args.shots=-1"),
+    (dict(episodes_per_pass=0), "model.init_args.episodes_per_pass=0"),
     (dict(attention=[[8]], tc_filters=[]), "model.init_args.attention"),
     (dict(attention=[[8, 4], [8, 4]], tc_filters=[6, 6]), "model.init_args.tc_filters"),
 ])

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from lightning_meta.algorithms.base import FIELD
 from lightning_meta.algorithms.metric import MetricLearner
 from lightning_meta.data.episodes import episode_generator
-from lightning_meta.data.sequences import OrderedTasks, episode_permutations
+from lightning_meta.data.sequences import OrderedTasks, episode_permutations, gather_steps
 from lightning_meta.errors import ConfigurationError, optional_positive, require_positive
 from lightning_meta.models.shapes import infer_feature_dim
 from lightning_meta.models.snail import SnailSequenceModel
@@ -53,6 +53,13 @@ class SNAIL(MetricLearner):
             ``[[64, 32], [256, 128], [512, 256]]``).
         tc_filters: filters of the TC block between consecutive attention blocks (the paper's: ``[128, 128]``).
         feature_dim: width of the (flattened) embeddings; ``None`` infers it with one forward pass.
+        episodes_per_pass: episodes whose sequences run through the sequence model in one call, with one
+            backward per group in training (their embeddings' activations are held until it).  Each
+            episode is still embedded on its own (BatchNorm over one episode); results do not depend on
+            it (tested).  One episode at a time, the sequence model's small matrix products are
+            overhead-bound: a meta-batch-32 Omniglot step took 1.56x ProtoNet's time on one CPU thread,
+            1.15x with 4 per pass (2.6x ProtoNet's peak memory), 1.08x with 8 (4.9x), 1.02x with 32
+            (13x) (``python -m benchmarks.black_box_step``).  Lower it for large embeddings on a small GPU.
         Remaining arguments: see :class:`~lightning_meta.algorithms.metric.MetricLearner`.
 
     Hooks to override: :meth:`sequence_inputs` (what one element of the sequence is), and any
@@ -79,6 +86,7 @@ class SNAIL(MetricLearner):
         attention: Sequence[Sequence[int]] = ((64, 32), (256, 128), (512, 256)),
         tc_filters: Sequence[int] = (128, 128),
         feature_dim: Optional[int] = None,
+        episodes_per_pass: int = 4,
         outer_lr: float = 1e-3,
         gradient_clip_val: Optional[float] = None,
         accumulate_grad_batches: int = 1,
@@ -89,6 +97,7 @@ class SNAIL(MetricLearner):
         require_positive(FIELD + "ways", ways)
         require_positive(FIELD + "shots", shots)
         optional_positive(FIELD + "feature_dim", feature_dim)
+        require_positive(FIELD + "episodes_per_pass", episodes_per_pass)
         pairs = [list(pair) for pair in attention] if isinstance(attention, (list, tuple)) else []
         if not pairs or not all(len(p) == 2 and all(isinstance(v, int) and v > 0 for v in p) for p in pairs):
             raise ConfigurationError(f"{FIELD}attention={attention!r} is invalid: give [key_size, value_size] pairs of"
@@ -98,7 +107,7 @@ class SNAIL(MetricLearner):
             raise ConfigurationError(
                 f"{FIELD}tc_filters={tc_filters!r} is invalid: give {len(pairs) - 1} positive integers, one TC block"
                 f" between each two of the {len(pairs)} attention blocks (e.g. [128, 128])")
-        self.ways, self.shots = ways, shots
+        self.ways, self.shots, self.episodes_per_pass = ways, shots, episodes_per_pass
         self.feature_dim = feature_dim or infer_feature_dim(self.embedding, FIELD + "embedding")
         self.sequence = SnailSequenceModel(self.feature_dim + ways, ways * shots + 1, ways, pairs, filters)
 
@@ -110,37 +119,94 @@ class SNAIL(MetricLearner):
             return F.pad(features, (0, self.ways))
         return torch.cat([features, F.one_hot(labels, self.ways).to(features.dtype)], 1)
 
-    def support_state(self, support_features: Tensor, support_y: Tensor, ways: int) -> Any:
+    def sequence_logits(self, support_features: Tensor, support_y: Tensor, query_features: Tensor,
+                        ways: int) -> Tensor:
+        """Query logits ``[G, M, ways]`` of ``G`` episodes at once, from their embedded support sets
+        ``[G, S, ...]`` (in sequence order), labels ``[G, S]`` and embedded queries ``[G, M, ...]``: each
+        query appended alone after its episode's support prefix, one sequence-model call for all."""
         if ways > self.ways:
             raise ConfigurationError(
                 f"an episode has {ways} classes but this SNAIL reads labels of {self.ways} classes ({FIELD}ways,"
                 f" fixed by training): test with at most {self.ways} ways (data.init_args.test_ways)")
-        return self.sequence_inputs(support_features, support_y).unsqueeze(0), ways
+        episodes, shots, queries = *support_y.shape, query_features.shape[1]
+        prefix = self.sequence_inputs(support_features.flatten(0, 1), support_y.flatten())
+        appended = self.sequence_inputs(query_features.flatten(0, 1), None)
+        prefix, appended = prefix.unflatten(0, (episodes, shots)), appended.unflatten(0, (episodes, queries))
+        return self.sequence.step(prefix, appended)[..., :ways]
+
+    def support_state(self, support_features: Tensor, support_y: Tensor, ways: int) -> Any:
+        return support_features, support_y, ways
 
     def classify(self, state: Any, query_features: Tensor) -> Tensor:
-        prefix, ways = state
-        return self.sequence.step(prefix, self.sequence_inputs(query_features, None).unsqueeze(0))[0, :, :ways]
+        support_features, support_y, ways = state
+        return self.sequence_logits(support_features[None], support_y[None], query_features[None], ways)[0]
 
-    # ------------------------------------------------------------------ shuffled support sets
+    # ------------------------------------------------------------------ episodes, a group at a time
+    def group_objective(self, support_x: Tensor, support_y: Tensor, query_x: Tensor, query_y: Tensor,
+                        order: Tensor) -> tuple[Tensor, Tensor]:
+        """Training losses ``[G]`` and query logits ``[G, M, ways]`` of ``G`` episodes (supports in ``order``).
+
+        Each episode is embedded on its own (training-mode BatchNorm normalises over one episode's
+        images, as with one episode at a time); the sequence model then reads all ``G`` at once.
+        """
+        support_x, support_y = gather_steps(support_x, order), support_y.gather(1, order)
+        shots = support_y.shape[1]
+        features = torch.stack([self.embed(torch.cat([s, q])) for s, q in zip(support_x, query_x)])
+        logits = self.sequence_logits(features[:, :shots], support_y, features[:, shots:],
+                                      int(support_y.max()) + 1)
+        return torch.stack([self.task_loss(task, y) for task, y in zip(logits, query_y)]), logits
+
+    def group_logits(self, support_x: Tensor, support_y: Tensor, query_x: Tensor, order: Tensor) -> Tensor:
+        """Evaluation logits ``[G, M, ways]`` of ``G`` episodes: in ``eval()`` mode every image is embedded
+        independently of the others, so the group is embedded in one pass."""
+        support_x, support_y = gather_steps(support_x, order), support_y.gather(1, order)
+        episodes, shots = support_y.shape
+        features = self.embed(torch.cat([support_x.flatten(0, 1), query_x.flatten(0, 1)]))
+        support_features = features[: episodes * shots].unflatten(0, (episodes, shots))
+        query_features = features[episodes * shots:].unflatten(0, (episodes, query_x.shape[1]))
+        return self.sequence_logits(support_features, support_y, query_features, int(support_y.max()) + 1)
+
+    def groups(self, count: int) -> list[slice]:
+        """The episodes of a meta-batch of ``count``, ``episodes_per_pass`` at a time."""
+        return [slice(start, start + self.episodes_per_pass) for start in range(0, count, self.episodes_per_pass)]
+
     def training_objective(self, params: Any, support_x: Tensor, support_y: Tensor, query_x: Tensor,
                            query_y: Tensor, order: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
         order = self._order(order, len(support_y), support_y.device)
-        return super().training_objective(params, support_x[order], support_y[order], query_x, query_y)
+        losses, logits = self.group_objective(support_x[None], support_y[None], query_x[None], query_y[None],
+                                              order[None])
+        return losses[0], logits[0]
 
     def evaluate_task(self, support_x: Tensor, support_y: Tensor, query_x: Tensor, query_y: Tensor,
                       order: Optional[Tensor] = None) -> tuple[Tensor, None]:
         order = self._order(order, len(support_y), support_y.device)
-        return super().evaluate_task(support_x[order], support_y[order], query_x, query_y)
+        return self.group_logits(support_x[None], support_y[None], query_x[None], order[None])[0].detach(), None
 
     def process_support_set(self, support_x: Tensor, support_y: Tensor) -> None:
         order = self._order(None, len(support_y), support_y.device)
         super().process_support_set(support_x[order], support_y[order])
 
     def outer_backward(self, batch: TaskBatch, sync: bool = True, scale: float = 1.0) -> tuple[Tensor, Tensor]:
-        return super().outer_backward(self._with_orders(batch, "train"), sync, scale)
+        """The meta-batch ``episodes_per_pass`` episodes at a time: one sequence-model call and one
+        ``manual_backward`` per group (the DDP all-reduce with the last)."""
+        support_x, support_y, query_x, query_y, order = self._with_orders(batch, "train").tensors()
+        count = batch.num_tasks
+        losses, logits = [], []
+        for group in self.groups(count):
+            group_losses, group_logits = self.group_objective(support_x[group], support_y[group], query_x[group],
+                                                              query_y[group], order[group])
+            self._check_finite(group_losses.detach())
+            with self._backward_sync(sync and group.stop >= count):
+                self.manual_backward(group_losses.sum() * (scale / count))
+            losses.append(group_losses.detach())
+            logits.append(group_logits.detach())
+        return torch.cat(losses), torch.cat(logits)
 
-    def evaluate_batch(self, batch: TaskBatch) -> tuple[Tensor, Optional[Tensor]]:
-        return super().evaluate_batch(self._with_orders(batch, "test"))
+    def evaluate_batch(self, batch: TaskBatch) -> tuple[Tensor, None]:
+        support_x, support_y, query_x, _, order = self._with_orders(batch, "test").tensors()
+        logits = [self.group_logits(support_x[group], support_y[group], query_x[group], order[group])
+                  for group in self.groups(batch.num_tasks)]
+        return torch.cat(logits).detach(), None
 
     @staticmethod
     def _order(order: Optional[Tensor], size: int, device: torch.device) -> Tensor:
