@@ -106,8 +106,12 @@ class EpisodeResults(torchmetrics.Metric):
             return int(self._gathered()[0].shape[0])
 
 
+#: the order in which :func:`format_summary` prints the usual results
+SUMMARY_ORDER = ("acc_before", "acc", "mse_before", "mse", "loss")
+
+
 def format_summary(stage: str, summary: dict[str, tuple[float, float]], episodes: int,
-                   order: Sequence[str] = ("acc_before", "acc", "mse_before", "mse", "loss")) -> str:
+                   order: Sequence[str] = SUMMARY_ORDER) -> str:
     """A one-line human summary; accuracies in percent, others as they are."""
     parts = []
     for name in order:

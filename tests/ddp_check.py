@@ -67,12 +67,11 @@ BUILDERS: dict[str, Callable[[str], tuple[pl.LightningModule, pl.LightningDataMo
     "conv": lambda b: (MAML(conv(), inner_lr=0.4, inner_steps=2, batching=b), images()),
     "reptile-mlp": lambda b: (reptile(MLP(1, 1, (16, 16)), b), sines(5, 5)),
     "reptile-conv": lambda b: (reptile(conv(), b), images()),
-    # the black-box learners (batching is theirs: loop); MANN on raw pixels, since a shared embedding
-    # would normalise its BatchNorm over all the streams of a process at once
+    # the black-box learners (batching is theirs: loop); their embeddings' BatchNorm normalises per episode
     "snail": lambda b: (SNAIL(conv(None, batch_norm_stats="running"), ways=3, shots=1,
                               attention=[[4, 4], [8, 4]], tc_filters=[4]), images()),
-    "mann": lambda b: (MANN(3, input_shape=[1, 8, 8], controller_size=8, memory_slots=6, memory_width=4,
-                            read_heads=2), images()),
+    "mann": lambda b: (MANN(3, conv(None, batch_norm_stats="running"), controller_size=8, memory_slots=6,
+                            memory_width=4, read_heads=2), images()),
     "metalstm": lambda b: (MetaLearnerLSTM(conv(), inner_steps=2), images()),
 }
 

@@ -40,6 +40,6 @@ def test_two_processes_match_one(tmp_path, batching, model):
         assert single["lr"] == pytest.approx(0.0), "Reptile's epsilon anneals linearly to 0 over the 3 steps"
     for name, value in single["params"].items():
         if "running_" in name or name.endswith("num_batches_tracked"):
-            continue  # BatchNorm's running statistics follow the episodes each rank saw (SNAIL's embedding)
+            continue  # BatchNorm's running statistics follow the episodes each rank saw (SNAIL's, MANN's embedding)
         torch.testing.assert_close(double["params"][name], value, rtol=1e-5, atol=1e-6, msg=name)
     assert double["allreduces"] == 3, "expected exactly one gradient all-reduce per outer step"

@@ -23,7 +23,7 @@ import contextlib
 import random
 import time
 import warnings
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import pytorch_lightning as pl
@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from lightning_meta.errors import ConfigurationError, optional_positive, require_positive
 from lightning_meta.inner_loop import Params, choose_batching, surrogate_loss, vmap_meta_gradients
-from lightning_meta.metrics import EpisodeResults, episode_scores, format_summary
+from lightning_meta.metrics import SUMMARY_ORDER, EpisodeResults, episode_scores, format_summary
 from lightning_meta.models.backbone import module_spec
 from lightning_meta.tasks import TaskBatch
 
@@ -216,7 +216,7 @@ class MetaLearner(pl.LightningModule):
             optimizer.step()
             optimizer.zero_grad()
             self._step_schedulers("step")
-        self._log_training(batch, losses, predictions)
+        self.log_training(batch, losses, predictions)
         return losses.mean()
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
@@ -240,7 +240,9 @@ class MetaLearner(pl.LightningModule):
             else:
                 config.scheduler.step()
 
-    def _log_training(self, batch: TaskBatch, losses: Tensor, predictions: Tensor) -> None:
+    def log_training(self, batch: TaskBatch, losses: Tensor, predictions: Tensor) -> None:
+        """Log one training step: ``train/loss``, ``train/acc`` (or ``train/mse``) of ``outer_backward``'s
+        per-task ``losses`` and ``predictions``, and ``train/tasks_per_s``.  Override to log more."""
         scores = episode_scores(predictions, batch.query_y)
         size = batch.num_tasks
         self.log("train/loss", losses.mean(), prog_bar=True, on_step=True, on_epoch=False, batch_size=size)
@@ -271,14 +273,22 @@ class MetaLearner(pl.LightningModule):
         self.results["test"].reset()
 
     def on_validation_epoch_end(self) -> None:
-        self._log_results("val")
+        self.log_results("val")
 
     def on_test_epoch_end(self) -> None:
-        summary = self._log_results("test")
+        summary = self.log_results("test")
         if summary:
-            rank_zero_info(format_summary("test", summary, self.results["test"].count()))
+            rank_zero_info(format_summary("test", summary, self.results["test"].count(), self.summary_order(summary)))
 
-    def _evaluate(self, batch: TaskBatch, stage: str) -> None:
+    def summary_order(self, summary: dict[str, tuple[float, float]]) -> Sequence[str]:
+        """The names of ``summary`` printed after ``test``, in order."""
+        return SUMMARY_ORDER
+
+    def episode_results(self, batch: TaskBatch, stage: str) -> dict[str, Tensor]:
+        """Per-episode evaluation values ``{name: [B]}`` of ``batch`` (``acc``/``mse``, ``loss``, and the
+        same ``*_before`` adaptation when :meth:`evaluate_batch` gives predictions before it); each name
+        is reported as ``{stage}/{name}`` with a 95% CI over the stage's episodes.  Override to report
+        other values (MANN: accuracy per presentation of a class)."""
         if self.adapts_with_gradients and torch.is_inference_mode_enabled():
             raise RuntimeError(
                 f"{type(self).__name__} adapts to each {stage} task with gradients, which inference mode forbids:"
@@ -288,11 +298,18 @@ class MetaLearner(pl.LightningModule):
         values = episode_scores(after, batch.query_y)
         if before is not None:
             values.update({f"{name}_before": v for name, v in episode_scores(before, batch.query_y).items()})
-        index = batch.index if batch.index is not None else torch.arange(batch.num_tasks, device=after.device)
+        return values
+
+    def _evaluate(self, batch: TaskBatch, stage: str) -> None:
+        values = self.episode_results(batch, stage)
+        index = batch.index if batch.index is not None else torch.arange(batch.num_tasks,
+                                                                         device=batch.support_x.device)
         keep = index >= 0
         self.results[stage].update({k: v[keep] for k, v in values.items()}, index[keep])
 
-    def _log_results(self, stage: str) -> dict[str, tuple[float, float]]:
+    def log_results(self, stage: str) -> dict[str, tuple[float, float]]:
+        """Log the stage's results (``{stage}/{name}`` and ``{stage}/{name}_ci95``) at the end of its epoch
+        and return them, ``{name: (mean, ci95)}``.  Override to log more (a W&B plot, a flag)."""
         results = self.results[stage]
         if not results.names:
             return {}

@@ -308,7 +308,7 @@ class DomainAdversarial(MetaLearner):
                     summary[f"{name}_{metric}"] = value
         return summary
 
-    def _log_results(self, stage: str) -> dict[str, tuple[float, float]]:
+    def log_results(self, stage: str) -> dict[str, tuple[float, float]]:
         summary = self.domain_summary(stage)
         for name, (mean, ci95) in summary.items():
             self.log(f"{stage}/{name}", mean, prog_bar=name.endswith("acc"), sync_dist=False)
@@ -322,7 +322,7 @@ class DomainAdversarial(MetaLearner):
         return summary
 
     def on_test_epoch_end(self) -> None:
-        summary = self._log_results("test")
+        summary = self.log_results("test")
         for name in DOMAINS:
             if f"{name}_acc" in summary:
                 count = self.results["test" if name == "target" else "test_source"].count()

@@ -34,14 +34,13 @@ from typing import Any, Optional, Sequence
 import torch
 import torch.nn.functional as F
 from pytorch_lightning.loggers import WandbLogger
-from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
+from pytorch_lightning.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 from lightning_meta.algorithms.base import FIELD, MetaLearner
 from lightning_meta.algorithms.metric import require_running_statistics
 from lightning_meta.data.sequences import LabelStream, episode_permutations, label_stream
 from lightning_meta.errors import ConfigurationError, require_positive
-from lightning_meta.metrics import format_summary
 from lightning_meta.models.backbone import build_module
 from lightning_meta.models.memory import LRUAMemory, MemoryState
 from lightning_meta.models.shapes import feature_width, input_shape_of
@@ -69,8 +68,10 @@ class MANN(MetaLearner):
             Episodes may have fewer classes (logits are then restricted to the episode's classes).
         embedding: a headless network ``[n, C, H, W] -> [n, features]``, e.g. ``Conv4(out_features=None,
             pooling="max", batch_norm_stats="running")`` (or a ``{"class_path", "init_args"}`` dict), or
-            ``None``: the flattened pixels, as the paper.  BatchNorm layers must keep running statistics
-            (evaluation runs in ``eval()`` mode, each episode independently of its batch).
+            ``None``: the flattened pixels, as the paper.  In training each stream's images are embedded
+            together (BatchNorm over one episode, as the metric learners; a stream never depends on the
+            other streams of its batch); BatchNorm layers must keep running statistics (evaluation runs
+            in ``eval()`` mode, each episode independently of its batch).
         input_shape: ``[C, H, W]`` of the images, to size the controller; default from the embedding's
             ``in_channels`` and ``image_size``; needed when ``embedding`` is ``None``.
         controller_size: hidden units of the LSTM controller (200 in the paper).
@@ -232,7 +233,10 @@ class MANN(MetaLearner):
             raise ValueError(f"{type(self).__name__}: a stream has label {int(previous.max())} but the model has "
                              f"{self.ways} classes ({FIELD}ways): give episodes of at most {self.ways} classes")
         batch, steps = previous.shape
-        features = self.embed(x.flatten(0, 1)).unflatten(0, (batch, steps))
+        if self.training and self.embedding is not None:  # BatchNorm over one stream's images, as per episode
+            features = torch.stack([self.embed(stream) for stream in x])
+        else:  # in eval() mode every image is embedded on its own: one pass
+            features = self.embed(x.flatten(0, 1)).unflatten(0, (batch, steps))
         labels = F.one_hot(previous.clamp(min=0), self.ways).to(features.dtype) * (previous >= 0).unsqueeze(-1)
         return torch.cat([features, labels], -1)
 
@@ -291,12 +295,12 @@ class MANN(MetaLearner):
         self._train_stream = stream
         return losses.detach(), logits.detach()
 
-    def _log_training(self, batch: TaskBatch, losses: Tensor, predictions: Tensor) -> None:
+    def log_training(self, batch: TaskBatch, losses: Tensor, predictions: Tensor) -> None:
         stream = self._train_stream
         assert stream is not None
         # the base logs train/loss, train/acc (here over all positions of the streams) and tasks/s
         as_batch = TaskBatch(stream.x, stream.y, stream.x, stream.y, index=batch.index)
-        super()._log_training(as_batch, losses, predictions)
+        super().log_training(as_batch, losses, predictions)
         scores = self.stream_scores(predictions, stream)
         for name, value in scores.items():
             if name.startswith("acc_inst"):
@@ -309,27 +313,19 @@ class MANN(MetaLearner):
         stream = self.stream(batch, split)
         return self.stream_logits(stream.x, stream.previous)[..., :batch.ways].detach(), None
 
-    def validation_step(self, batch: TaskBatch, batch_idx: int) -> None:
-        self._evaluate(batch, "val")
-
-    def test_step(self, batch: TaskBatch, batch_idx: int) -> None:
-        self._evaluate(batch, "test")
-
-    def _evaluate(self, batch: TaskBatch, stage: str) -> None:
+    def episode_results(self, batch: TaskBatch, stage: str) -> dict[str, Tensor]:
+        """:meth:`stream_scores` of the streams of ``batch``: ``loss``, ``acc`` and ``acc_inst{k}`` per episode."""
         stream = self.stream(batch, stage)
         with torch.no_grad():
             logits = self.stream_logits(stream.x, stream.previous)[..., :batch.ways]
-        values = self.stream_scores(logits, stream)
-        index = batch.index if batch.index is not None else torch.arange(batch.num_tasks, device=logits.device)
-        keep = index >= 0
-        self.results[stage].update({k: v[keep] for k, v in values.items()}, index[keep])
+        return self.stream_scores(logits, stream)
 
     def instance_names(self, summary: dict[str, Any]) -> list[str]:
         """The ``acc_inst{k}`` names of ``summary``, by ``k``."""
         return [f"acc_inst{k}" for k in self.report_instances if f"acc_inst{k}" in summary]
 
-    def _log_results(self, stage: str) -> dict[str, tuple[float, float]]:
-        summary = super()._log_results(stage)
+    def log_results(self, stage: str) -> dict[str, tuple[float, float]]:
+        summary = super().log_results(stage)
         names = self.instance_names(summary)
         if names:
             for logger in self.loggers:
@@ -342,11 +338,8 @@ class MANN(MetaLearner):
                         table, "instance", "accuracy", title=f"{stage}: accuracy at the k-th presentation of a class")})
         return summary
 
-    def on_test_epoch_end(self) -> None:
-        summary = self._log_results("test")
-        if summary:
-            order = ("acc", *self.instance_names(summary), "loss")
-            rank_zero_info(format_summary("test", summary, self.results["test"].count(), order=order))
+    def summary_order(self, summary: dict[str, tuple[float, float]]) -> Sequence[str]:
+        return ("acc", *self.instance_names(summary), "loss")
 
     # ------------------------------------------------------------------ prediction
     def evaluate_task(self, support_x: Tensor, support_y: Tensor, query_x: Tensor,

@@ -343,8 +343,8 @@ class Reptile(MetaLearner):
                                                      total_iters=steps)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
-    def _log_results(self, stage: str) -> dict[str, tuple[float, float]]:
-        summary = super()._log_results(stage)
+    def log_results(self, stage: str) -> dict[str, tuple[float, float]]:
+        summary = super().log_results(stage)
         if summary:
             self.log(f"{stage}/transductive", float(self.transductive), sync_dist=False)
             if stage == "test":
