@@ -59,7 +59,8 @@ class SNAIL(MetricLearner):
             it (tested).  One episode at a time, the sequence model's small matrix products are
             overhead-bound: a meta-batch-32 Omniglot step took 1.56x ProtoNet's time on one CPU thread,
             1.15x with 4 per pass (2.6x ProtoNet's peak memory), 1.08x with 8 (4.9x), 1.02x with 32
-            (13x) (``python -m benchmarks.black_box_step``).  Lower it for large embeddings on a small GPU.
+            (13x), measured side by side in one run of ``benchmarks/black_box_step.py``'s step with the
+            per-pass count varied.  Lower it for large embeddings on a small GPU.
         Remaining arguments: see :class:`~lightning_meta.algorithms.metric.MetricLearner`.
 
     Hooks to override: :meth:`sequence_inputs` (what one element of the sequence is), and any
