@@ -150,7 +150,7 @@ class SNAIL(MetricLearner):
         Each episode is embedded on its own (training-mode BatchNorm normalises over one episode's
         images, as with one episode at a time); the sequence model then reads all ``G`` at once.
         """
-        support_x, support_y = gather_steps(support_x, order), support_y.gather(1, order)
+        support_x, support_y = ordered_supports(support_x, support_y, order)
         shots = support_y.shape[1]
         features = torch.stack([self.embed(torch.cat([s, q])) for s, q in zip(support_x, query_x)])
         logits = self.sequence_logits(features[:, :shots], support_y, features[:, shots:],
@@ -160,7 +160,7 @@ class SNAIL(MetricLearner):
     def group_logits(self, support_x: Tensor, support_y: Tensor, query_x: Tensor, order: Tensor) -> Tensor:
         """Evaluation logits ``[G, M, ways]`` of ``G`` episodes: in ``eval()`` mode every image is embedded
         independently of the others, so the group is embedded in one pass."""
-        support_x, support_y = gather_steps(support_x, order), support_y.gather(1, order)
+        support_x, support_y = ordered_supports(support_x, support_y, order)
         episodes, shots = support_y.shape
         features = self.embed(torch.cat([support_x.flatten(0, 1), query_x.flatten(0, 1)]))
         support_features = features[: episodes * shots].unflatten(0, (episodes, shots))
@@ -232,3 +232,8 @@ class SNAIL(MetricLearner):
             raise ConfigurationError(
                 f"data.init_args.{prefix}ways={ways} exceeds {FIELD}ways={self.ways}, the label space SNAIL reads and"
                 f" predicts: set {FIELD}ways to at least {ways} (a trained model's is fixed: test with fewer ways)")
+
+
+def ordered_supports(support_x: Tensor, support_y: Tensor, order: Tensor) -> tuple[Tensor, Tensor]:
+    """Support sets ``[G, S, ...]`` and labels ``[G, S]`` in each episode's sequence ``order [G, S]``."""
+    return gather_steps(support_x, order), support_y.gather(1, order)
