@@ -155,10 +155,7 @@ class MetaLearner(pl.LightningModule):
         count = batch.num_tasks
         for i in range(count):
             loss, prediction = self.training_objective(params, *(t[i] for t in tasks))
-            self._check_finite(loss.detach().reshape(1))
-            with self._backward_sync(sync and i == count - 1):
-                self.manual_backward(loss * (scale / count))
-            losses.append(loss.detach())
+            losses.append(self.backward_losses(loss.reshape(1), scale / count, sync and i == count - 1)[0])
             predictions.append(prediction.detach())
         return torch.stack(losses), torch.stack(predictions)
 
@@ -171,6 +168,17 @@ class MetaLearner(pl.LightningModule):
         after = torch.stack([o[0] for o in outputs])
         before = None if outputs[0][1] is None else torch.stack([o[1] for o in outputs])
         return after, before
+
+    def backward_losses(self, losses: Tensor, scale: float, sync: bool) -> Tensor:
+        """Backpropagate ``scale`` times the sum of ``losses`` (per-task losses of one group of tasks) after
+        checking that they are finite; ``sync=False`` skips the DDP all-reduce (every group but a step's
+        last, or gradient accumulation).  Returns ``losses`` detached.  Every learner's backward goes
+        through here, so a NaN meta-loss stops training the same way everywhere."""
+        detached = losses.detach()
+        self._check_finite(detached)
+        with self._backward_sync(sync):
+            self.manual_backward(losses.sum() * scale)
+        return detached
 
     def _backward_sync(self, sync: bool):
         strategy = self.trainer.strategy

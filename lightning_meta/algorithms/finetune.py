@@ -183,9 +183,7 @@ class FineTuningBaseline(MetaLearner):
         step_now = (batch_idx + 1) % accumulate == 0 or self.trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
         logits = self(x)
         loss = F.cross_entropy(logits, y)
-        self._check_finite(loss.detach().reshape(1))
-        with self._backward_sync(step_now):
-            self.manual_backward(loss / accumulate)
+        self.backward_losses(loss.reshape(1), 1 / accumulate, step_now)
         if step_now:
             optimizer.step()
             optimizer.zero_grad()

@@ -289,11 +289,8 @@ class MANN(MetaLearner):
         logits = self.stream_logits(stream.x, stream.previous)
         losses = F.cross_entropy(logits.flatten(0, 1).float(), stream.y.flatten(),
                                  reduction="none").view(stream.y.shape).mean(1)
-        self._check_finite(losses.detach())
-        with self._backward_sync(sync):
-            self.manual_backward(losses.mean() * scale)
         self._train_stream = stream
-        return losses.detach(), logits.detach()
+        return self.backward_losses(losses, scale / len(losses), sync), logits.detach()
 
     def log_training(self, batch: TaskBatch, losses: Tensor, predictions: Tensor) -> None:
         stream = self._train_stream

@@ -152,10 +152,7 @@ class MetricLearner(MetaLearner):
                    for i in range(tasks)]
         losses = torch.stack([loss for loss, _ in outputs])
         logits = torch.stack([logits for _, logits in outputs])
-        self._check_finite(losses.detach())
-        with self._backward_sync(sync):
-            self.manual_backward(losses.mean() * scale)
-        return losses.detach(), logits.detach()
+        return self.backward_losses(losses, scale / tasks, sync), logits.detach()
 
     def evaluate_task(self, support_x: Tensor, support_y: Tensor, query_x: Tensor,
                       query_y: Tensor) -> tuple[Tensor, None]:

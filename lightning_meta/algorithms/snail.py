@@ -196,10 +196,7 @@ class SNAIL(MetricLearner):
         for group in self.groups(count):
             group_losses, group_logits = self.group_objective(support_x[group], support_y[group], query_x[group],
                                                               query_y[group], order[group])
-            self._check_finite(group_losses.detach())
-            with self._backward_sync(sync and group.stop >= count):
-                self.manual_backward(group_losses.sum() * (scale / count))
-            losses.append(group_losses.detach())
+            losses.append(self.backward_losses(group_losses, scale / count, sync and group.stop >= count))
             logits.append(group_logits.detach())
         return torch.cat(losses), torch.cat(logits)
 
