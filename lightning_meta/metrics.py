@@ -9,12 +9,15 @@ processes under DDP, as any torchmetrics ``Metric`` does.
 from __future__ import annotations
 
 import math
-from typing import Iterable, Optional, Sequence
+from typing import TYPE_CHECKING, Iterable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 import torchmetrics
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from lightning_meta.data.sequences import LabelStream
 
 
 def episode_scores(predictions: Tensor, targets: Tensor) -> dict[str, Tensor]:
@@ -145,3 +148,35 @@ def pixel_prototype_accuracy(batches: Iterable) -> Tensor:
         distances = ((batch.query_x.unsqueeze(2) - prototypes.unsqueeze(1)) ** 2).flatten(3).sum(-1)
         accuracies.append((distances.argmin(-1) == batch.query_y).float().mean(1)[keep])
     return torch.cat(accuracies)
+
+
+def pixel_stream_accuracy(stream: "LabelStream", instances: Sequence[int] = (2, 3, 5, 10)) -> dict[str, Tensor]:
+    """Per-stream accuracy of the nearest class mean of a stream's earlier labelled steps, on raw pixels:
+    the reference point of a label-stream learner such as MANN.
+
+    At step ``t`` each class already shown has a prototype, the mean of its instances at steps ``< t``
+    (with their labels, which a stream learner sees one step later); the prediction is the nearest
+    prototype in squared Euclidean distance.  Returns ``acc_inst{k}`` ``[B]``, the accuracy at the
+    ``k``-th presentation of a class, for each ``k >= 2`` of ``instances`` that every stream holds (at the
+    1st presentation the class has no prototype: nearest prototype cannot be right there, so no
+    number is given for it).
+
+    Example::
+
+        stream = model.stream(batch, "test")                  # a MANN's streams of a TaskBatch
+        pixel_stream_accuracy(stream)["acc_inst2"].mean()     # one labelled instance per class
+    """
+    x = stream.x.flatten(2).double()
+    classes = F.one_hot(stream.y, int(stream.y.max()) + 1).double()                   # [B, T, C]
+    earlier = torch.cumsum(classes, 1) - classes                                      # counts before t
+    sums = torch.cumsum(classes.unsqueeze(-1) * x.unsqueeze(2), 1) - classes.unsqueeze(-1) * x.unsqueeze(2)
+    prototypes = sums / earlier.clamp(min=1).unsqueeze(-1)                             # [B, T, C, D]
+    distances = ((x.unsqueeze(2) - prototypes) ** 2).sum(-1).masked_fill(earlier == 0, float("inf"))
+    correct = (distances.argmin(-1) == stream.y).double()
+    values = {}
+    for k in instances:
+        at_k = (stream.presentation == k).double()
+        count = at_k.sum(1)
+        if k >= 2 and bool((count > 0).all()):
+            values[f"acc_inst{k}"] = (correct * at_k).sum(1) / count
+    return values

@@ -20,7 +20,7 @@ from lightning_meta.algorithms.mann import MANN
 from lightning_meta.data.npz import NpzDataModule
 from lightning_meta.data.sequences import episode_permutations, label_stream
 from lightning_meta.errors import ConfigurationError
-from lightning_meta.metrics import mean_and_ci95
+from lightning_meta.metrics import mean_and_ci95, pixel_stream_accuracy
 from lightning_meta.models.conv4 import Conv4
 from lightning_meta.models.memory import LRUAMemory, MemoryState
 
@@ -339,46 +339,63 @@ def test_the_config_fits_and_tests_through_the_cli(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- learning
-def hanzi_binding_run(seed: int, steps: int = 3000) -> tuple[dict[str, float], float]:
-    """MANN meta-trained on ``steps`` meta-batches of 16 hanzi streams of 3 classes x 5 instances, then
-    tested on 300 streams of held-out classes: the test metrics and the 95% CI of the per-episode
-    difference acc_inst2 - acc_inst1."""
+def hanzi_stream_run(seed: int, steps: int = 2000) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+    """MANN meta-trained on ``steps`` meta-batches of 256 hanzi streams of 3 classes x 5 instances, then
+    tested on 1,000 streams of held-out classes.  Returns the test metrics and, per test stream, the
+    paired differences ``inst2 - inst1`` (MANN's) and ``inst{k} - pixels_inst{k}`` (MANN minus the
+    raw-pixel nearest prototype of the stream's earlier labelled instances, on the same stream)."""
     torch.set_num_threads(1)  # 15-step loops of small operations: a second thread only adds overhead
     pl.seed_everything(seed)
     data = NpzDataModule(path=str(DATA_DIR / "hanzi_300x20.npz"), ways=3, shots=1, queries=4,
-                         rotations=(0, 90, 180, 270), meta_batch_size=16, episodes_per_epoch=16 * steps,
-                         val_episodes=4, test_episodes=300, seed=seed)
-    # standardised pixels projected to 32 features: inputs of unit scale that do not swamp the label input
-    embedding = nn.Sequential(nn.Flatten(), nn.LayerNorm(784), nn.Linear(784, 32))
+                         rotations=(0, 90, 180, 270), meta_batch_size=256, episodes_per_epoch=256 * steps,
+                         val_episodes=4, test_episodes=1000, seed=seed)
+    # standardised pixels projected to 16 features: inputs of unit scale that do not swamp the label input
+    embedding = nn.Sequential(nn.Flatten(), nn.LayerNorm(784), nn.Linear(784, 16))
     model = MANN(ways=3, embedding=embedding, input_shape=[1, 28, 28], controller_size=64, memory_slots=32,
-                 memory_width=16, read_heads=1, report_instances=[1, 2, 3, 5], outer_lr=3e-3, gradient_clip_val=10.0)
+                 memory_width=32, read_heads=1, report_instances=[1, 2, 3, 5], outer_lr=1e-2, gradient_clip_val=10.0)
     trainer = quiet_trainer(max_epochs=1, limit_val_batches=0)
     trainer.fit(model, data)
     results = trainer.test(model, data, verbose=False)[0]
     rows = model.results["test"].rows()
-    _, ci = mean_and_ci95(torch.tensor([row["acc_inst2"] - row["acc_inst1"] for row in rows], dtype=torch.float64))
-    return results, ci
+    pixels: dict[int, dict[str, float]] = {}
+    for batch in data.test_dataloader():  # the same streams (the order follows the episode's address)
+        scores = pixel_stream_accuracy(model.stream(batch, "test"), (2, 3, 5))
+        for i, episode in enumerate(batch.index.tolist()):
+            pixels[episode] = {name: float(values[i]) for name, values in scores.items()}
+    assert sorted(pixels) == [row["episode"] for row in rows]
+    differences = {"inst2 - inst1": [row["acc_inst2"] - row["acc_inst1"] for row in rows]}
+    for k in (2, 3, 5):
+        differences[f"inst{k} - pixels"] = [row[f"acc_inst{k}"] - pixels[row["episode"]][f"acc_inst{k}"] for row in rows]
+    return results, {name: torch.tensor(values, dtype=torch.float64) for name, values in differences.items()}
 
 
 @pytest.mark.slow
-def test_mann_binds_labels_to_instances_on_held_out_hanzi():
-    """Santoro et al.'s claim: the 2nd presentation of a class beats the 1st (the network binds the
-    label it saw one step after an instance to a later instance), here on held-out hanzi classes.
+def test_mann_binds_labels_and_beats_pixels_one_shot_on_held_out_hanzi():
+    """Santoro et al.'s claim, on held-out hanzi classes: the 2nd presentation of a class beats the 1st
+    (the network binds the label it saw one step after an instance to a later instance), and with one
+    labelled instance per class (the 2nd presentation) MANN beats the raw-pixel nearest prototype of
+    the stream's earlier instances, paired on the same 1,000 streams.
 
-    3,000 meta-batches of 16 streams of 3 classes x 5 instances, ~75-100 s on one thread (seeds 0 / 1 / 2):
-    acc_inst1 32.2 / 47.9 / 35.9% (+-3%), acc_inst2 63.6 / 71.4 / 65.7%, acc_inst3 66.4 / 72.6 / 66.6%
-    (chance 33%).  Binding starts after 1,500-2,000 meta-batches; before it the network only learns from
-    the delayed labels which classes a stream has already shown (acc_inst1 ~ 60%).  With 5 classes x 4
-    instances the same network had not started binding after 9,000 meta-batches.
+    2,000 meta-batches of 256 streams of 3 classes x 5 instances, Adam 1e-2, ~4-5 minutes on one thread.
+    Seeds 0 / 1 / 2: acc_inst1 49.2 / 50.3 / 53.0%, acc_inst2 85.4 / 84.0 / 82.3% (+-1.3%) vs pixels 80.0 /
+    80.0 / 79.9%: MANN - pixels +5.3 +- 1.8, +4.0 +- 1.7, +2.4 +- 1.8 points (asserted for seed 0: more
+    than twice the CI; seed 2 clears its CI only once).  Binding starts after ~500 meta-batches.  Large
+    meta-batches decide it: with 16 streams per meta-batch (Adam 3e-3) binding starts only after
+    1,500-2,000 and reaches 64% at the 2nd presentation by 3,000; with 128 at Adam 1e-2 after ~2,000.
 
-    Not claimed: that the memory beats the plain LSTM (memory_slots=0 binds ~500 meta-batches later and
-    is level by 6,000), nor the raw-pixel baseline: the nearest prototype of the labelled earlier
-    instances of the same stream reaches 80% at the 2nd presentation and 95% at the 5th, untrained.
+    Not claimed: MANN beating pixels from the 3rd presentation on, where the pixel prototype averages
+    two or more labelled instances (seeds 0-2: 3.1 to 5.4 points below at the 3rd, 2.8 to 3.8 at the
+    5th, e.g. 92.5% vs 95.3%); nor beating the plain LSTM by much on these short streams (the same
+    recipe with ``memory_slots=0``, seed 0: 83.1% at the 2nd presentation, 91.1% at the 5th).
     """
-    results, ci = hanzi_binding_run(seed=0)
-    numbers = {k: round(v, 4) for k, v in results.items()} | {"inst2 - inst1 ci95": round(ci, 4)}
-    margin = results["test/acc_inst2"] - results["test/acc_inst1"]
+    results, differences = hanzi_stream_run(seed=0)
+    summary = {name: [round(v, 4) for v in mean_and_ci95(values)] for name, values in differences.items()}
+    numbers = {k: round(v, 4) for k, v in results.items()} | summary
+    margin, ci = mean_and_ci95(differences["inst2 - inst1"])
     assert margin > 3 * ci, numbers
     # the margin comes from the 2nd presentation rising, not from the 1st pushed below chance (1/3)
     assert results["test/acc_inst2"] > 1 / 3 + 3 * results["test/acc_inst2_ci95"], numbers
     assert results["test/acc_inst1"] > 1 / 3 - 3 * results["test/acc_inst1_ci95"], numbers
+    # one shot: MANN beats raw pixels on the same streams, the paired difference well beyond its 95% CI
+    gain, gain_ci = mean_and_ci95(differences["inst2 - pixels"])
+    assert gain > 2 * gain_ci, numbers

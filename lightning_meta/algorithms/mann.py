@@ -90,21 +90,21 @@ class MANN(MetaLearner):
     Training cost: MANN first learns to use the delayed labels (the 1st presentation of a class is
     guessed among the classes not yet shown: about 45% instead of 20% with 5 classes, 60% instead of 33%
     with 3, within a few hundred meta-batches); binding a label to a stored instance (the 2nd
-    presentation beating the 1st) comes after a plateau whose length depends on the classes per stream
-    and on the inputs.  Measured on one CPU thread (controller 64, 32 x 16 memory, one head, Adam 3e-3,
-    meta-batches of 16): on hanzi streams of 3 classes x 5 instances, with standardised pixels projected
-    to 32 features, binding starts after 1,500-2,000 meta-batches (after 3,000, 75-100 s: acc_inst1
-    32-48%, acc_inst2 64-71% on held-out classes; ``tests/test_mann.py``); with 5 classes x 4 instances
-    it had not started after 9,000 meta-batches (144,000 episodes), nor with a Conv4 (8 channels) after
-    4,000.  Inputs of unit scale per feature and few features help: 784 raw pixels swamp the label input
-    (even the delayed labels are learned slowly), and on 32-d synthetic features binding started after
-    about 3,000 meta-batches at unit scale but not within 2,000 at scale 1/sqrt(32).  On these short
-    streams the plain LSTM (``memory_slots=0``) starts binding ~500 meta-batches later and is level
-    with MANN by 6,000, ``key_strength`` did not make binding start sooner, and reading before writing
-    (weights from ``M_{t-1}``) was not consistently better over 3 seeds.  At these budgets MANN stays
-    well below raw pixels (the nearest prototype of a stream's earlier labelled instances: 80% at the
-    2nd presentation, 95% at the 5th, on the same hanzi streams).  The paper trains 10^5 episodes of 5 classes x 10 instances:
-    budget accordingly (``configs/mann_omniglot_5w.yaml``: 10^5).
+    presentation beating the 1st) comes after a plateau whose length depends most on the meta-batch
+    size, then on the classes per stream and the inputs.  Measured on one CPU thread on hanzi streams
+    of 3 classes x 5 instances (controller 64, 32 x 32 memory, one head, standardised pixels projected
+    to 16 features; ``tests/test_mann.py``): with 256 streams per meta-batch at Adam 1e-2 binding starts
+    after ~500 meta-batches, and after 2,000 (~5 minutes) held-out classes reach 82-85% at the 2nd
+    presentation (the raw-pixel nearest prototype of the stream's earlier instances: 80%) and 91-93% at
+    the 5th (pixels: 95%); with 16 streams per meta-batch at Adam 3e-3 binding starts after 1,500-2,000
+    and reaches 64-71% by 3,000, and with 5 classes x 4 instances it had not started after 9,000.
+    Inputs of unit scale per feature and few features help: 784 raw pixels swamp the label input (even
+    the delayed labels are learned slowly).  On these short streams the plain LSTM (``memory_slots=0``)
+    is close behind (83% / 91% with the same recipe), ``key_strength`` did not make binding start
+    sooner, and reading before writing (weights from ``M_{t-1}``) was not consistently better over 3
+    seeds.  The paper trains 10^5 episodes of 5 classes x 10 instances in meta-batches of 16
+    (``configs/mann_omniglot_5w.yaml``); on a new data set, try large meta-batches with a higher
+    learning rate first.
 
     Hooks to override (see ``examples/mann_custom_controller.py``): :meth:`build_controller` and
     :meth:`controller_step` (the controller: an ``nn.LSTMCell`` by default), :meth:`embed`.
