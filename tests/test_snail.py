@@ -182,7 +182,8 @@ def test_snail_beats_the_pixel_baseline_on_held_out_hanzi():
     """5-way 1-shot on the 60 held-out classes.  Black-box learners sit at chance before they learn to
     read the labels: here training accuracy stays at 20% for ~150 meta-batches, then climbs to ~95% by
     550 (Conv4-32, attention widths a quarter of the paper's, Adam 3e-3).  Measured on 300 episodes:
-    90.3% +- 1.1% (seed 0; seeds 1, 2: 84.9% +- 1.4%, 86.3% +- 1.4%) against pixels 80.5%.  450
+    92.1% +- 1.0% (seed 0, ~2 minutes of fit on one thread; measured before episodes_per_pass, one episode
+    per pass: 90.3% +- 1.1%, seeds 1, 2: 84.9% +- 1.4%, 86.3% +- 1.4%) against pixels 80.5%.  450
     meta-batches were not enough for seed 1; 1 or 3 queries per class or a Conv4-16 were worse (78-85%)."""
     pl.seed_everything(0)
     data = NpzDataModule(path=str(DATA_DIR / "hanzi_300x20.npz"), ways=5, shots=1, queries=5, test_queries=5,
