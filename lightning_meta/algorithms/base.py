@@ -172,8 +172,9 @@ class MetaLearner(pl.LightningModule):
     def backward_losses(self, losses: Tensor, scale: float, sync: bool) -> Tensor:
         """Backpropagate ``scale`` times the sum of ``losses`` (per-task losses of one group of tasks) after
         checking that they are finite; ``sync=False`` skips the DDP all-reduce (every group but a step's
-        last, or gradient accumulation).  Returns ``losses`` detached.  Every learner's backward goes
-        through here, so a NaN meta-loss stops training the same way everywhere."""
+        last, or gradient accumulation).  Returns ``losses`` detached.  The per-task loop, the grouped
+        learners (SNAIL, MANN, metric learners embedding together) and fine-tuning all go through here,
+        so a NaN loss stops training the same way in each (vmap hands its surrogate loss over itself)."""
         detached = losses.detach()
         self._check_finite(detached)
         with self._backward_sync(sync):
