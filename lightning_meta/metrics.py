@@ -173,10 +173,17 @@ def pixel_stream_accuracy(stream: "LabelStream", instances: Sequence[int] = (2, 
     prototypes = sums / earlier.clamp(min=1).unsqueeze(-1)                             # [B, T, C, D]
     distances = ((x.unsqueeze(2) - prototypes) ** 2).sum(-1).masked_fill(earlier == 0, float("inf"))
     correct = (distances.argmin(-1) == stream.y).double()
+    return presentation_accuracy(correct, stream.presentation, [k for k in instances if k >= 2])
+
+
+def presentation_accuracy(correct: Tensor, presentation: Tensor, instances: Sequence[int]) -> dict[str, Tensor]:
+    """Per-stream ``acc_inst{k}`` ``[B]``: the mean of ``correct [B, T]`` over the steps where a class is
+    shown for the ``k``-th time (``presentation [B, T]``, 1-based), for each ``k`` of ``instances`` that
+    every stream holds (a ``k`` missing from some stream is left out)."""
     values = {}
     for k in instances:
-        at_k = (stream.presentation == k).double()
+        at_k = (presentation == k).double()
         count = at_k.sum(1)
-        if k >= 2 and bool((count > 0).all()):
+        if bool((count > 0).all()):
             values[f"acc_inst{k}"] = (correct * at_k).sum(1) / count
     return values

@@ -41,6 +41,7 @@ from lightning_meta.algorithms.base import FIELD, MetaLearner
 from lightning_meta.algorithms.metric import require_running_statistics
 from lightning_meta.data.sequences import LabelStream, episode_permutations, label_stream
 from lightning_meta.errors import ConfigurationError, require_positive
+from lightning_meta.metrics import presentation_accuracy
 from lightning_meta.models.backbone import build_module
 from lightning_meta.models.memory import LRUAMemory, MemoryState
 from lightning_meta.models.shapes import feature_width, input_shape_of
@@ -276,13 +277,8 @@ class MANN(MetaLearner):
         logits = logits.float()
         loss = F.cross_entropy(logits.flatten(0, 1), stream.y.flatten(), reduction="none").view(stream.y.shape)
         correct = (logits.argmax(-1) == stream.y).double()
-        values = {"loss": loss.mean(1), "acc": correct.mean(1)}
-        for k in self.report_instances:
-            at_k = (stream.presentation == k).double()
-            count = at_k.sum(1)
-            if bool((count > 0).all()):
-                values[f"acc_inst{k}"] = (correct * at_k).sum(1) / count
-        return values
+        return {"loss": loss.mean(1), "acc": correct.mean(1),
+                **presentation_accuracy(correct, stream.presentation, self.report_instances)}
 
     # ------------------------------------------------------------------ training
     def outer_backward(self, batch: TaskBatch, sync: bool = True, scale: float = 1.0) -> tuple[Tensor, Tensor]:
