@@ -26,12 +26,12 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset
 
-from lightning_meta.data import ClassImages, episode_generator
+from lightning_meta.data import ClassImages, bundled_path, episode_generator
 from lightning_meta.data.regression import SinusoidTasks
 from lightning_meta.tasks import TaskBatch
 
 REPO = Path(__file__).resolve().parents[1]
-HANZI = REPO / "tests" / "data" / "hanzi_300x20.npz"
+HANZI = bundled_path("hanzi")  # shipped with the package (lightning_meta/data/bundled)
 THREADS = 2
 MIB = 1024.0
 
@@ -46,7 +46,7 @@ def quiet(threads: int = THREADS) -> None:
 
 
 def load_hanzi() -> Tensor:
-    """The test images: uint8 ``[300 classes, 20 samples, 28, 28]`` (tests/data/README.md)."""
+    """The test images: uint8 ``[300 classes, 20 samples, 28, 28]`` (lightning_meta/data/bundled/README.md)."""
     return torch.from_numpy(np.load(HANZI)["X"])
 
 

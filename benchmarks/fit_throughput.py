@@ -6,7 +6,7 @@ The same MAML (Conv4, Omniglot-shaped hanzi episodes) trains for the same steps 
 * ``EpisodicDataModule`` with ``num_workers=0`` (the default: batches built in the main process);
 * ``EpisodicDataModule`` with ``num_workers=2``.
 
-The data module is :class:`HanziEpisodes`, an in-memory ``ClassImages`` over tests/data/hanzi_300x20.npz
+The data module is :class:`HanziEpisodes`, an in-memory ``ClassImages`` over the bundled hanzi_300x20.npz
 split 200/50/50 classes, with Omniglot's rotations on the training classes.  A step's time is the
 interval between consecutive ``on_train_batch_end`` calls, so it includes fetching the next batch
 and Lightning's loop; the first ``warmup`` steps of each run are dropped (they include starting

@@ -15,7 +15,6 @@ From the command line: ``python -m lightning_meta fit --config configs/baselinep
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
@@ -25,7 +24,7 @@ from torch import Tensor
 from lightning_meta import BaselinePlusPlus, NpzDataModule
 from lightning_meta.models import Conv4
 
-HANZI = Path(__file__).resolve().parent.parent / "tests" / "data" / "hanzi_300x20.npz"
+HANZI = "hanzi"  # the hanzi set shipped with the package (300 characters x 20 fonts); or any .npz path
 
 
 class ImprintedBaselinePlusPlus(BaselinePlusPlus):
@@ -41,7 +40,7 @@ class ImprintedBaselinePlusPlus(BaselinePlusPlus):
 
 def main(steps: int, test_episodes: int = 200) -> dict[str, float]:
     pl.seed_everything(0)
-    data = NpzDataModule(str(HANZI), train_batches="supervised", batch_size=32, ways=5, shots=1, queries=5,
+    data = NpzDataModule(HANZI, train_batches="supervised", batch_size=32, ways=5, shots=1, queries=5,
                          meta_batch_size=20, val_episodes=min(20, test_episodes), test_episodes=test_episodes)
     data.setup("fit")
     model = ImprintedBaselinePlusPlus(Conv4(1, None, pooling="max", batch_norm_stats="running"),

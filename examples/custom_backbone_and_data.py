@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import numpy as np
 import pytorch_lightning as pl
@@ -20,9 +19,10 @@ import torch
 from torch import nn
 
 from lightning_meta import ANIL, ClassImages, EpisodicDataModule
+from lightning_meta.data import bundled_path
 from lightning_meta.models import Backbone
 
-HANZI = Path(__file__).resolve().parent.parent / "tests" / "data" / "hanzi_300x20.npz"
+HANZI = bundled_path("hanzi")  # the hanzi set shipped with the package: 300 characters x 20 fonts
 
 
 class SmallConvNet(Backbone):

@@ -25,10 +25,11 @@ import torch.nn.functional as F
 from PIL import Image
 
 from lightning_meta import DomainAdversarial
+from lightning_meta.data import bundled_path
 from lightning_meta.data.domains import DomainPairDataModule
 from lightning_meta.models import Conv4
 
-HANZI = Path(__file__).resolve().parent.parent / "tests" / "data" / "hanzi_300x20.npz"
+HANZI = bundled_path("hanzi")  # the hanzi set shipped with the package: 300 characters x 20 fonts
 
 
 def write_domains(root: Path, classes: int) -> tuple[Path, Path]:

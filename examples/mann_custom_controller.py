@@ -13,7 +13,6 @@ configs/mann_omniglot_5w.yaml --model.class_path mann_custom_controller.GRUMANN`
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
@@ -23,7 +22,7 @@ from lightning_meta.algorithms.mann import MANN
 from lightning_meta.data.npz import NpzDataModule
 from lightning_meta.models.conv4 import Conv4
 
-HANZI = Path(__file__).resolve().parent.parent / "tests" / "data" / "hanzi_300x20.npz"
+HANZI = "hanzi"  # the hanzi set shipped with the package (300 characters x 20 fonts); or any .npz path
 
 
 class GRUMANN(MANN):
@@ -42,7 +41,7 @@ def main(steps: int, test_episodes: int = 200, meta_batch_size: int = 16) -> dic
     pl.seed_everything(0)
     model = GRUMANN(ways=5, embedding=Conv4(1, None, hidden_channels=16, pooling="max", batch_norm_stats="running"),
                     controller_size=100, memory_slots=32, memory_width=20, read_heads=1, outer_lr=3e-3)
-    data = NpzDataModule(str(HANZI), ways=5, shots=1, queries=3, rotations=(0, 90, 180, 270),
+    data = NpzDataModule(HANZI, ways=5, shots=1, queries=3, rotations=(0, 90, 180, 270),
                          meta_batch_size=meta_batch_size, episodes_per_epoch=meta_batch_size * steps,
                          val_episodes=min(20, test_episodes), test_episodes=test_episodes)
     trainer = pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, inference_mode=False)

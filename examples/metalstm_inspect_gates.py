@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 from collections import defaultdict
-from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
@@ -26,7 +25,7 @@ from lightning_meta.data import NpzDataModule
 from lightning_meta.models import Conv4
 from lightning_meta.models.meta_lstm_cell import MetaLSTMState
 
-HANZI = Path(__file__).resolve().parent.parent / "tests" / "data" / "hanzi_300x20.npz"
+HANZI = "hanzi"  # the hanzi set shipped with the package (300 characters x 20 fonts); or any .npz path
 
 
 class GateLoggingMetaLSTM(MetaLearnerLSTM):
@@ -54,7 +53,7 @@ def main(steps: int, test_episodes: int = 200) -> dict[str, float]:
     pl.seed_everything(0)
     model = GateLoggingMetaLSTM(Conv4(1, 5, hidden_channels=16, pooling="max"), inner_steps=3, inner_lr=0.3,
                                 outer_lr=5e-3)
-    data = NpzDataModule(str(HANZI), ways=5, shots=1, queries=2, test_queries=5, rotations=(0, 90, 180, 270),
+    data = NpzDataModule(HANZI, ways=5, shots=1, queries=2, test_queries=5, rotations=(0, 90, 180, 270),
                          meta_batch_size=1, episodes_per_epoch=steps, val_episodes=min(20, test_episodes),
                          test_episodes=test_episodes)
     trainer = pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, inference_mode=False)

@@ -12,7 +12,6 @@ how a class is summarised).  From the command line, once the class is importable
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
@@ -21,7 +20,7 @@ from torch import Tensor, nn
 from lightning_meta import NpzDataModule, PrototypicalNetwork
 from lightning_meta.models import Conv4
 
-HANZI = Path(__file__).resolve().parent.parent / "tests" / "data" / "hanzi_300x20.npz"
+HANZI = "hanzi"  # the hanzi set shipped with the package (300 characters x 20 fonts); or any .npz path
 
 
 class MahalanobisProtoNet(PrototypicalNetwork):
@@ -39,7 +38,7 @@ class MahalanobisProtoNet(PrototypicalNetwork):
 def main(steps: int, test_episodes: int = 200) -> dict[str, float]:
     pl.seed_everything(0)
     model = MahalanobisProtoNet(Conv4(1, None, pooling="max", batch_norm_stats="running"))
-    data = NpzDataModule(str(HANZI), ways=20, test_ways=5, shots=1, queries=5, rotations=(0, 90, 180, 270),
+    data = NpzDataModule(HANZI, ways=20, test_ways=5, shots=1, queries=5, rotations=(0, 90, 180, 270),
                          meta_batch_size=1, episodes_per_epoch=steps, val_episodes=min(20, test_episodes),
                          test_episodes=test_episodes)
     trainer = pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False)

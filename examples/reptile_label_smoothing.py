@@ -15,7 +15,6 @@ episode in one batch); each result records which (``test/transductive``).  From 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import pytorch_lightning as pl
 import torch.nn.functional as F
@@ -24,7 +23,7 @@ from torch import Tensor
 from lightning_meta import NpzDataModule, Reptile
 from lightning_meta.models import Conv4
 
-HANZI = Path(__file__).resolve().parent.parent / "tests" / "data" / "hanzi_300x20.npz"
+HANZI = "hanzi"  # the hanzi set shipped with the package (300 characters x 20 fonts); or any .npz path
 
 
 class SmoothedReptile(Reptile):
@@ -42,7 +41,7 @@ def main(steps: int, test_episodes: int = 200) -> dict[str, float]:
     pl.seed_everything(0)
     model = SmoothedReptile(Conv4(1, 5, hidden_channels=32), inner_optimizer="sgd", inner_lr=0.3, inner_steps=10,
                             inner_batch_size=5, test_inner_steps=10, outer_lr=1.0, outer_lr_final=0.0)
-    data = NpzDataModule(str(HANZI), ways=5, shots=1, queries=4, test_queries=5, rotations=(0, 90, 180, 270),
+    data = NpzDataModule(HANZI, ways=5, shots=1, queries=4, test_queries=5, rotations=(0, 90, 180, 270),
                          meta_batch_size=10, episodes_per_epoch=10 * steps, val_episodes=min(20, test_episodes),
                          test_episodes=test_episodes)
     trainer = pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, inference_mode=False)

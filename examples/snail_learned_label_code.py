@@ -15,7 +15,6 @@ snail_learned_label_code.LabelCodeSNAIL``.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Optional
 
 import pytorch_lightning as pl
@@ -25,7 +24,7 @@ from torch import Tensor, nn
 from lightning_meta import SNAIL, NpzDataModule
 from lightning_meta.models import Conv4
 
-HANZI = Path(__file__).resolve().parent.parent / "tests" / "data" / "hanzi_300x20.npz"
+HANZI = "hanzi"  # the hanzi set shipped with the package (300 characters x 20 fonts); or any .npz path
 
 
 class LabelCodeSNAIL(SNAIL):
@@ -48,7 +47,7 @@ def main(steps: int, test_episodes: int = 200, meta_batch_size: int = 16) -> dic
     embedding = Conv4(1, None, hidden_channels=32, pooling="max", batch_norm_stats="running")
     model = LabelCodeSNAIL(embedding, ways=5, shots=1, attention=[[32, 16], [64, 32], [128, 64]],
                            tc_filters=[64, 64], outer_lr=3e-3)
-    data = NpzDataModule(str(HANZI), ways=5, shots=1, queries=5, rotations=(0, 90, 180, 270),
+    data = NpzDataModule(HANZI, ways=5, shots=1, queries=5, rotations=(0, 90, 180, 270),
                          meta_batch_size=meta_batch_size, episodes_per_epoch=meta_batch_size * steps,
                          val_episodes=min(20, test_episodes), test_episodes=test_episodes)
     trainer = pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, inference_mode=False)

@@ -1,28 +1,28 @@
-"""Shared fixtures: small real data shipped in tests/data, W&B offline, quiet Lightning."""
+"""Shared fixtures: the small real data set shipped with the package, W&B offline, quiet Lightning."""
 
 from __future__ import annotations
 
 import logging
 import os
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+
+from lightning_meta.data import bundled_path
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
 warnings.filterwarnings("ignore", category=UserWarning, module="pytorch_lightning")
 
-DATA = Path(__file__).parent / "data"
-
 
 @pytest.fixture(scope="session")
 def hanzi() -> np.ndarray:
-    """300 classes x 20 font renders of Chinese characters, uint8 [300, 20, 28, 28] (see tests/data/README.md)."""
-    return np.load(DATA / "hanzi_300x20.npz")["X"]
+    """300 classes x 20 font renders of Chinese characters, uint8 [300, 20, 28, 28]: the bundled set
+    (lightning_meta/data/bundled/README.md); a config or data module names it ``"hanzi"``."""
+    return np.load(bundled_path("hanzi"))["X"]
 
 
 #: one torch thread per pytest-xdist worker (``make test`` runs one worker per core: more threads would

@@ -11,7 +11,6 @@ all-reduce count to OUT_PREFIX.<rank>.pt.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
@@ -22,12 +21,12 @@ from ddp_check import ALLREDUCES, CountAllReduces
 from lightning_meta import DomainAdversarial, DomainPairDataModule
 from lightning_meta.models import Conv4
 
-HANZI = Path(__file__).parent / "data" / "hanzi_300x20.npz"
+HANZI = "hanzi"  # the bundled set (lightning_meta.data.bundled)
 
 
 def main(prefix: str, lambda_max: float) -> None:
     pl.seed_everything(0)
-    data = DomainPairDataModule(str(HANZI), classes=6, batch_size=4, steps_per_epoch=3, val_samples=1, test_samples=1)
+    data = DomainPairDataModule(HANZI, classes=6, batch_size=4, steps_per_epoch=3, val_samples=1, test_samples=1)
     model = DomainAdversarial(Conv4(1, None, hidden_channels=4, pooling="max", batch_norm_stats="running"),
                               num_classes=6, lambda_max=lambda_max)
     trainer = pl.Trainer(accelerator="cpu", devices=2, strategy=DDPStrategy(process_group_backend="gloo"),

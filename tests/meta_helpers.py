@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Optional, Union
 
 import pytorch_lightning as pl
 from pytorch_lightning.plugins import Precision
 import torch
 from torch.utils.data import DataLoader
-
-DATA_DIR = Path(__file__).parent / "data"
 
 from lightning_meta import metrics
 from lightning_meta.tasks import TaskBatch

@@ -1,19 +1,17 @@
-"""NpzDataModule on tests/data/hanzi_300x20.npz and on small arrays written to tmp_path."""
+"""NpzDataModule on the bundled hanzi_300x20.npz and on small arrays written to tmp_path."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from fixtures_images import make_npz
-from lightning_meta.data import NpzDataModule
+from lightning_meta.data import NpzDataModule, bundled_path
 from lightning_meta.errors import ConfigurationError
 from lightning_meta.tasks import TaskBatch
 
-HANZI = Path(__file__).parent / "data" / "hanzi_300x20.npz"
+HANZI = bundled_path("hanzi")
 SMALL = dict(ways=5, shots=1, queries=3, meta_batch_size=4, episodes_per_epoch=8, val_episodes=4, test_episodes=4)
 
 
@@ -34,6 +32,19 @@ def test_hanzi_split_is_seeded_disjoint_and_complete(hanzi):
     assert train.images.dtype == torch.uint8 and train.images.shape == (192 * 20, 1, 28, 28)
     c = parts["train"][5]  # class 5 of the split is row c of the array
     assert torch.equal(train.images[5 * 20:6 * 20, 0], torch.from_numpy(hanzi[c]))
+
+
+def test_a_bundled_name_is_the_bundled_file_and_an_existing_file_wins(tmp_path, monkeypatch):
+    by_name = make("hanzi")
+    assert by_name.file == HANZI and by_name.shape() == (300, 20, 28, 28)
+    assert by_name.assignment() == make(HANZI).assignment()
+    assert by_name.path == "hanzi"  # the config keeps the name, not this installation's location
+    monkeypatch.chdir(tmp_path)
+    make_npz(tmp_path / "mine.npz", classes=20).rename(tmp_path / "hanzi")  # a file named like a bundled set
+    assert make("hanzi").shape() == (20, 6, 12, 12)
+    with pytest.raises(ConfigurationError, match=r"path='hanzy'.*does not exist and 'hanzy' is not a bundled data set"
+                                                 r" \('hanzi'\)"):
+        make("hanzy").setup("fit")
 
 
 def test_train_dataloader_yields_task_batches():

@@ -1,6 +1,6 @@
 """Domain-adversarial training (DANN): the reversal layer, the schedules, the paired data, checkpoints,
 configuration errors, the CLI, and the learning claim: on the built-in noisy-hanzi pair, adaptation
-beats the same model trained on the source alone on the target domain (all on tests/data/hanzi_300x20.npz, CPU)."""
+beats the same model trained on the source alone on the target domain (all on the bundled hanzi_300x20.npz, CPU)."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from meta_helpers import quiet_trainer
 from torch.utils.data import DataLoader
 
 from lightning_meta.algorithms.domain_adversarial import DomainAdversarial
+from lightning_meta.data import bundled_path
 from lightning_meta.data.domains import DomainPairDataModule, apply_shift
 from lightning_meta.errors import ConfigurationError
 from lightning_meta.models import Conv4
@@ -30,7 +31,7 @@ from lightning_meta.models.gradient_reversal import (
 )
 
 REPO = Path(__file__).resolve().parent.parent
-HANZI = str(REPO / "tests" / "data" / "hanzi_300x20.npz")
+HANZI = "hanzi"  # the bundled set (lightning_meta.data.bundled)
 
 
 def small_extractor(hidden: int = 16) -> Conv4:
@@ -124,7 +125,7 @@ def test_batches_are_x_y_domain_with_no_target_labels_and_are_reproducible():
 
 
 def test_shifts_keep_shape_and_dtype():
-    images = torch.from_numpy(np.load(HANZI)["X"][:2, :3].reshape(6, 1, 28, 28))
+    images = torch.from_numpy(np.load(bundled_path(HANZI))["X"][:2, :3].reshape(6, 1, 28, 28))
     for shift in ("noise", "invert", "dilate", "erode", "blend", "rotate90"):
         out = apply_shift(images, shift, torch.Generator().manual_seed(0))
         assert out.shape == images.shape and out.dtype == torch.uint8 and not torch.equal(out, images)

@@ -13,7 +13,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 from fixtures_images import make_omniglot
-from meta_helpers import DATA_DIR, episode_alone_and_among_others, pixel_prototype_accuracy, quiet_trainer
+from meta_helpers import episode_alone_and_among_others, pixel_prototype_accuracy, quiet_trainer
 
 from lightning_meta import ConfigurationError, EpisodicDataModule, NpzDataModule, SinusoidDataModule, TaskBatch
 from lightning_meta.algorithms.finetune import Baseline, BaselinePlusPlus, CosineClassifier, FineTuningBaseline
@@ -21,7 +21,7 @@ from lightning_meta.data.supervised import SupervisedStream
 from lightning_meta.models import Conv4
 
 REPO = Path(__file__).resolve().parent.parent
-HANZI = str(DATA_DIR / "hanzi_300x20.npz")
+HANZI = "hanzi"  # the bundled set (lightning_meta.data.bundled)
 
 
 def supervised_data(**kwargs) -> NpzDataModule:

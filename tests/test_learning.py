@@ -9,7 +9,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from meta_helpers import DATA_DIR, pixel_prototype_accuracy, quiet_trainer
+from meta_helpers import pixel_prototype_accuracy, quiet_trainer
 
 from lightning_meta import MAML, NpzDataModule, SinusoidDataModule
 from lightning_meta.models import MLP, Conv4
@@ -52,7 +52,7 @@ def test_maml_sinusoid_adapts_and_beats_the_pretrained_baseline():
 @pytest.mark.slow
 def test_maml_beats_the_pixel_baseline_on_held_out_hanzi():
     pl.seed_everything(0)
-    data = NpzDataModule(path=str(DATA_DIR / "hanzi_300x20.npz"), ways=5, shots=1, queries=2, test_queries=5,
+    data = NpzDataModule(path="hanzi", ways=5, shots=1, queries=2, test_queries=5,
                          rotations=(0, 90, 180, 270), meta_batch_size=8, episodes_per_epoch=8 * 200,
                          val_episodes=4, test_episodes=200)
     model = MAML(Conv4(1, 5, hidden_channels=32), inner_lr=0.4, inner_steps=1, test_inner_steps=3, outer_lr=3e-3)

@@ -11,7 +11,7 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from fixtures_images import make_omniglot
-from meta_helpers import (DATA_DIR, episode_alone_and_among_others, quiet_trainer,
+from meta_helpers import (episode_alone_and_among_others, quiet_trainer,
                           random_classification_batch)
 from test_cli import REPO, cli
 from torch import nn
@@ -235,7 +235,7 @@ def test_streams_follow_the_shared_helpers_and_instance_metrics_count_presentati
 
 def test_fit_and_test_log_instance_accuracies_and_the_summary(caplog):
     pl.seed_everything(0)
-    data = NpzDataModule(path=str(DATA_DIR / "hanzi_300x20.npz"), ways=3, shots=2, queries=2, meta_batch_size=4,
+    data = NpzDataModule(path="hanzi", ways=3, shots=2, queries=2, meta_batch_size=4,
                          episodes_per_epoch=8, val_episodes=4, test_episodes=6)
     model = MANN(ways=3, input_shape=[1, 28, 28], controller_size=16, memory_slots=16, memory_width=8,
                  read_heads=2)
@@ -293,7 +293,7 @@ def test_bad_arguments_name_the_field(kwargs, field):
 
 def test_impossible_data_fail_before_anything_runs():
     """More test ways than the label space, inputs of the wrong shape, supervised training batches."""
-    data = NpzDataModule(path=str(DATA_DIR / "hanzi_300x20.npz"), ways=3, test_ways=5, shots=1, queries=1,
+    data = NpzDataModule(path="hanzi", ways=3, test_ways=5, shots=1, queries=1,
                          meta_batch_size=2, episodes_per_epoch=2, val_episodes=2, test_episodes=2)
     model = MANN(ways=3, input_shape=[1, 28, 28], controller_size=8, memory_slots=8, memory_width=4, read_heads=1)
     with pytest.raises(ConfigurationError, match="data.init_args.test_ways=5 exceeds .* model.init_args.ways=3"):
@@ -301,11 +301,11 @@ def test_impossible_data_fail_before_anything_runs():
     with pytest.raises(ConfigurationError, match="data.init_args.test_ways=5"):
         quiet_trainer(max_steps=1).fit(model, data)  # validation episodes would have 5 ways
     wrong_shape = MANN(ways=3, input_shape=[1, 20, 20], controller_size=8, memory_slots=0)
-    data = NpzDataModule(path=str(DATA_DIR / "hanzi_300x20.npz"), ways=3, shots=1, queries=1, meta_batch_size=2,
+    data = NpzDataModule(path="hanzi", ways=3, shots=1, queries=1, meta_batch_size=2,
                          episodes_per_epoch=2, val_episodes=2, test_episodes=2)
     with pytest.raises(ConfigurationError, match="input_shape"):
         quiet_trainer().test(wrong_shape, data)
-    supervised = NpzDataModule(path=str(DATA_DIR / "hanzi_300x20.npz"), train_batches="supervised", batch_size=8,
+    supervised = NpzDataModule(path="hanzi", train_batches="supervised", batch_size=8,
                                ways=3, shots=1, queries=1, meta_batch_size=2, episodes_per_epoch=2, val_episodes=2)
     with pytest.raises(ConfigurationError, match="train_batches: episodes"):
         quiet_trainer(max_steps=1).fit(model, supervised)
@@ -346,7 +346,7 @@ def hanzi_stream_run(seed: int, steps: int = 2000) -> tuple[dict[str, float], di
     raw-pixel nearest prototype of the stream's earlier labelled instances, on the same stream)."""
     torch.set_num_threads(1)  # 15-step loops of small operations: a second thread only adds overhead
     pl.seed_everything(seed)
-    data = NpzDataModule(path=str(DATA_DIR / "hanzi_300x20.npz"), ways=3, shots=1, queries=4,
+    data = NpzDataModule(path="hanzi", ways=3, shots=1, queries=4,
                          rotations=(0, 90, 180, 270), meta_batch_size=256, episodes_per_epoch=256 * steps,
                          val_episodes=4, test_episodes=1000, seed=seed)
     # standardised pixels projected to 16 features: inputs of unit scale that do not swamp the label input

@@ -9,7 +9,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from meta_helpers import DATA_DIR, pixel_prototype_accuracy, quiet_trainer, random_classification_batch
+from meta_helpers import pixel_prototype_accuracy, quiet_trainer, random_classification_batch
 
 from lightning_meta import NpzDataModule
 from lightning_meta.algorithms.matching import MatchingNetwork
@@ -236,7 +236,7 @@ def test_a_wrong_feature_dim_is_named_at_the_first_forward_pass(make):
 ])
 def test_fit_and_test_through_the_trainer(make, embed_together):
     pl.seed_everything(0)
-    data = NpzDataModule(path=str(DATA_DIR / "hanzi_300x20.npz"), ways=5, shots=1, queries=2, test_queries=3,
+    data = NpzDataModule(path="hanzi", ways=5, shots=1, queries=2, test_queries=3,
                          meta_batch_size=2, episodes_per_epoch=6, val_episodes=2, test_episodes=4)
     model = make(embed_together)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -261,7 +261,7 @@ def test_siamese_training_objective_is_the_pair_loss():
 # ---------------------------------------------------------------------------------------------- learning
 def hanzi(shots: int, steps: int) -> NpzDataModule:
     """20-way training episodes (higher way, as ProtoNet), 5-way test episodes on held-out characters."""
-    return NpzDataModule(path=str(DATA_DIR / "hanzi_300x20.npz"), ways=20, test_ways=5, shots=shots, queries=5,
+    return NpzDataModule(path="hanzi", ways=20, test_ways=5, shots=shots, queries=5,
                          test_queries=5, rotations=(0, 90, 180, 270), meta_batch_size=1, episodes_per_epoch=steps,
                          val_episodes=4, test_episodes=200)
 

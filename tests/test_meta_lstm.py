@@ -23,7 +23,7 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from fixtures_images import make_mini_imagenet
-from meta_helpers import (DATA_DIR, meta_gradient, pixel_prototype_accuracy, quiet_trainer, random_classification_batch,
+from meta_helpers import (meta_gradient, pixel_prototype_accuracy, quiet_trainer, random_classification_batch,
                           relative_difference)
 
 from lightning_meta.algorithms.meta_lstm import MetaLearnerLSTM
@@ -198,7 +198,7 @@ def test_gradients_of_the_learner_are_inputs_not_part_of_the_graph():
 
 # ---------------------------------------------------------------------------------------------- learning
 def hanzi(meta_batch_size: int, steps: int, test_episodes: int) -> NpzDataModule:
-    return NpzDataModule(path=str(DATA_DIR / "hanzi_300x20.npz"), ways=5, shots=1, queries=2, test_queries=5,
+    return NpzDataModule(path="hanzi", ways=5, shots=1, queries=2, test_queries=5,
                          rotations=(0, 90, 180, 270), meta_batch_size=meta_batch_size,
                          episodes_per_epoch=meta_batch_size * steps, val_episodes=4, test_episodes=test_episodes)
 

@@ -15,12 +15,13 @@ import pytest
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from meta_helpers import DATA_DIR, meta_gradient, quiet_trainer
+from meta_helpers import meta_gradient, quiet_trainer
 from pytorch_lightning.plugins import MixedPrecision
 from torch.amp import GradScaler
 from torch.func import functional_call
 
 from lightning_meta import MAML, MANN, SNAIL, ClassImages, MetaLearnerLSTM, TaskBatch
+from lightning_meta.data import bundled_path
 from lightning_meta.inner_loop import adapt, constant_step_size
 from lightning_meta.models import MLP, Conv4
 
@@ -37,7 +38,7 @@ def cosine(a: dict, b: dict) -> float:
 
 @pytest.fixture(scope="module")
 def hanzi_batch() -> TaskBatch:
-    pool = ClassImages.from_array(torch.from_numpy(np.load(DATA_DIR / "hanzi_300x20.npz")["X"][:50]))
+    pool = ClassImages.from_array(torch.from_numpy(np.load(bundled_path("hanzi"))["X"][:50]))
     return TaskBatch.stack([pool.sample(torch.Generator().manual_seed(i), 5, 1, 5) for i in range(4)], index=range(4))
 
 

@@ -9,7 +9,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from meta_helpers import (DATA_DIR, episode_alone_and_among_others, meta_gradient, pixel_prototype_accuracy,
+from meta_helpers import (episode_alone_and_among_others, meta_gradient, pixel_prototype_accuracy,
                           quiet_trainer, random_classification_batch, relative_difference)
 from torch import nn
 
@@ -127,7 +127,7 @@ def test_a_learning_rate_schedule_steps_once_per_epoch():
 def test_protonet_learns_held_out_hanzi(shots, ways, steps, target):
     """Higher-way training and 5-way tests on the 60 held-out classes of the hanzi subset."""
     pl.seed_everything(0)
-    data = NpzDataModule(path=str(DATA_DIR / "hanzi_300x20.npz"), ways=ways, test_ways=5, shots=shots, queries=5,
+    data = NpzDataModule(path="hanzi", ways=ways, test_ways=5, shots=shots, queries=5,
                          test_queries=5, rotations=(0, 90, 180, 270), meta_batch_size=1, episodes_per_epoch=steps,
                          val_episodes=4, test_episodes=200)
     model = PrototypicalNetwork(Conv4(1, None, pooling="max", batch_norm_stats="running"))

@@ -9,7 +9,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 import yaml
-from meta_helpers import (DATA_DIR, episode_alone_and_among_others, pixel_prototype_accuracy, quiet_trainer,
+from meta_helpers import (episode_alone_and_among_others, pixel_prototype_accuracy, quiet_trainer,
                           random_classification_batch)
 from torch import nn
 from torch.utils.data import DataLoader
@@ -194,7 +194,7 @@ def small_model_with(**kwargs) -> RelationNetwork:
 
 def test_data_of_another_size_is_refused_before_training():
     model = RelationNetwork(RelationEmbedding(1, hidden_channels=4, image_size=84), relation_channels=4)
-    data = NpzDataModule(path=str(DATA_DIR / "hanzi_300x20.npz"), ways=5, shots=1, queries=1, meta_batch_size=1,
+    data = NpzDataModule(path="hanzi", ways=5, shots=1, queries=1, meta_batch_size=1,
                          episodes_per_epoch=2, val_episodes=1, test_episodes=1)
     with pytest.raises(ConfigurationError, match=r"feature maps \[4, 5, 5\].*sized for \[4, 19, 19\]"):
         quiet_trainer(max_steps=1, limit_val_batches=0).fit(model, data)
@@ -220,7 +220,7 @@ def test_configs_hold_the_paper_settings(name, shots, queries, size, fc_inputs):
 def test_relation_network_learns_held_out_hanzi():
     """5-way 1-shot with the paper's 19 queries per class, 200 episodes, on the 60 held-out classes."""
     pl.seed_everything(0)
-    data = NpzDataModule(path=str(DATA_DIR / "hanzi_300x20.npz"), ways=5, shots=1, queries=19, test_queries=5,
+    data = NpzDataModule(path="hanzi", ways=5, shots=1, queries=19, test_queries=5,
                          rotations=(0, 90, 180, 270), meta_batch_size=1, episodes_per_epoch=200,
                          val_episodes=4, test_episodes=200)
     model = RelationNetwork(RelationEmbedding(1, image_size=28))

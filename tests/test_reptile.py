@@ -11,7 +11,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from meta_helpers import DATA_DIR, pixel_prototype_accuracy, quiet_trainer, random_classification_batch
+from meta_helpers import pixel_prototype_accuracy, quiet_trainer, random_classification_batch
 from torch.utils.data import DataLoader
 
 from lightning_meta import ConfigurationError, NpzDataModule, SinusoidDataModule
@@ -136,7 +136,7 @@ def test_non_transductive_queries_are_independent_and_transductive_ones_are_not(
 
 
 def test_transductive_flag_is_recorded_with_the_results(caplog):
-    data = NpzDataModule(path=str(DATA_DIR / "hanzi_300x20.npz"), ways=3, shots=1, queries=1, meta_batch_size=2,
+    data = NpzDataModule(path="hanzi", ways=3, shots=1, queries=1, meta_batch_size=2,
                          episodes_per_epoch=2, val_episodes=2, test_episodes=4)
     for flag in (False, True):
         model = Reptile(Conv4(1, 3, hidden_channels=4), inner_lr=0.01, inner_steps=1, transductive=flag)
@@ -198,7 +198,7 @@ def test_reptile_beats_the_pixel_baseline_on_held_out_hanzi():
     support set alone).  Meta-batch 10 and 10 inner SGD steps of 5 examples (support + query
     pooled): with 5 tasks or 5 steps, 150-300 outer steps stayed at 81-83%, at the pixel baseline."""
     pl.seed_everything(0)
-    data = NpzDataModule(path=str(DATA_DIR / "hanzi_300x20.npz"), ways=5, shots=1, queries=4, test_queries=5,
+    data = NpzDataModule(path="hanzi", ways=5, shots=1, queries=4, test_queries=5,
                          rotations=(0, 90, 180, 270), meta_batch_size=10, episodes_per_epoch=10 * 80,
                          val_episodes=4, test_episodes=200)
     model = Reptile(Conv4(1, 5, hidden_channels=32), inner_optimizer="sgd", inner_lr=0.3, inner_steps=10,

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import pytorch_lightning as pl
 import torch
-from meta_helpers import (DATA_DIR, meta_gradient, pixel_prototype_accuracy, quiet_trainer,
+from meta_helpers import (meta_gradient, pixel_prototype_accuracy, quiet_trainer,
                           random_classification_batch, relative_difference)
 
 from lightning_meta import SNAIL, ConfigurationError, NpzDataModule, TaskBatch
@@ -165,7 +165,7 @@ def test_bad_arguments_name_their_field(kwargs, field):
 
 def test_more_ways_than_the_label_space_fail_before_training_and_at_prediction():
     model = small_snail(ways=5)
-    data = NpzDataModule(path=str(DATA_DIR / "hanzi_300x20.npz"), ways=5, test_ways=10, shots=1, queries=1,
+    data = NpzDataModule(path="hanzi", ways=5, test_ways=10, shots=1, queries=1,
                          meta_batch_size=2, episodes_per_epoch=4, val_episodes=2, test_episodes=2)
     trainer = quiet_trainer(max_steps=1)
     with pytest.raises(ConfigurationError, match=r"data.init_args.test_ways=10 exceeds model.init_args.ways=5"):
@@ -186,7 +186,7 @@ def test_snail_beats_the_pixel_baseline_on_held_out_hanzi():
     per pass: 90.3% +- 1.1%, seeds 1, 2: 84.9% +- 1.4%, 86.3% +- 1.4%) against pixels 80.5%.  450
     meta-batches were not enough for seed 1; 1 or 3 queries per class or a Conv4-16 were worse (78-85%)."""
     pl.seed_everything(0)
-    data = NpzDataModule(path=str(DATA_DIR / "hanzi_300x20.npz"), ways=5, shots=1, queries=5, test_queries=5,
+    data = NpzDataModule(path="hanzi", ways=5, shots=1, queries=5, test_queries=5,
                          rotations=(0, 90, 180, 270), meta_batch_size=16, episodes_per_epoch=16 * 550,
                          val_episodes=4, test_episodes=300)
     embedding = Conv4(1, None, hidden_channels=32, pooling="max", batch_norm_stats="running")

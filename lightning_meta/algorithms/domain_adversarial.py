@@ -102,7 +102,7 @@ class DomainAdversarial(MetaLearner):
         from lightning_meta.data.domains import DomainPairDataModule
         from lightning_meta.models import Conv4
 
-        data = DomainPairDataModule("tests/data/hanzi_300x20.npz", shift="noise", classes=50)
+        data = DomainPairDataModule("hanzi", shift="noise", classes=50)
         model = DomainAdversarial(Conv4(out_features=None, pooling="max", batch_norm_stats="running"),
                                   num_classes=50)
         trainer = pl.Trainer(max_steps=1000, inference_mode=False)

@@ -121,7 +121,7 @@ class MANN(MetaLearner):
         from lightning_meta.algorithms.mann import MANN
         from lightning_meta.data import NpzDataModule
 
-        data = NpzDataModule("tests/data/hanzi_300x20.npz", ways=5, shots=5, queries=5, meta_batch_size=16)
+        data = NpzDataModule("hanzi", ways=5, shots=5, queries=5, meta_batch_size=16)
         model = MANN(ways=5, input_shape=[1, 28, 28])          # raw pixels, 128 x 40 memory, 4 heads
         baseline = MANN(ways=5, input_shape=[1, 28, 28], memory_slots=0)   # the LSTM baseline
         trainer = pl.Trainer(max_epochs=10, inference_mode=False)

@@ -1,5 +1,6 @@
 """Episodic data: N-way K-shot tasks from image classes or function families."""
 
+from lightning_meta.data.bundled import bundled_names, bundled_path
 from lightning_meta.data.class_images import ClassImages
 from lightning_meta.data.datamodule import EpisodicDataModule
 from lightning_meta.data.domains import DomainPairDataModule
@@ -37,6 +38,8 @@ __all__ = [
     "SinusoidDataModule",
     "SinusoidTasks",
     "SupervisedStream",
+    "bundled_names",
+    "bundled_path",
     "episode_generator",
     "predict_folders",
 ]

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
+from lightning_meta.data.bundled import resolve
 from lightning_meta.data.class_images import scale_pixels
 from lightning_meta.data.datamodule import FIELD, EpisodicDataModule
 from lightning_meta.data.episodes import EpisodeLoader, episode_generator
@@ -98,8 +99,9 @@ class Domain:
 def load_domain(path: str, field: str, key: str = "X", image_size: Optional[int] = None,
                 channels: Optional[int] = None) -> Domain:
     """A domain from an ``.npz`` / ``.npy`` array ``[classes, samples, (C,) H, W]`` (uint8) or an
-    ImageFolder tree ``path/<class>/<image>``; errors name ``data.init_args.<field>``."""
-    file = Path(path).expanduser()
+    ImageFolder tree ``path/<class>/<image>``, or a bundled name (``"hanzi"``); errors name
+    ``data.init_args.<field>``."""
+    file = resolve(path)
     if file.is_dir():
         listing = list_class_folders(file, field, path)
         images = decode_images(listing.flat(), channels or 1, image_size)
@@ -194,8 +196,9 @@ class DomainPairDataModule(EpisodicDataModule):
     validation and test metrics only.
 
     Args:
-        source: ``.npz`` / ``.npy`` (uint8 ``[classes, samples, (C,) H, W]``, array ``key``) or an
-            ImageFolder tree of the labelled domain.
+        source: ``.npz`` / ``.npy`` (uint8 ``[classes, samples, (C,) H, W]``, array ``key``), an
+            ImageFolder tree of the labelled domain, or a bundled name (``"hanzi"``, see
+            :mod:`lightning_meta.data.bundled`).
         target: the same for the unlabelled domain; ``None`` for ``shift`` of ``source``.
         shift: the built-in target domain when ``target`` is ``None``: one of :data:`SHIFTS`.
         shift_strength: the noise standard deviation of ``shift="noise"`` (pixels in [0, 1]).
@@ -212,7 +215,7 @@ class DomainPairDataModule(EpisodicDataModule):
 
     Example::
 
-        dm = DomainPairDataModule("tests/data/hanzi_300x20.npz", shift="noise", classes=50)
+        dm = DomainPairDataModule("hanzi", shift="noise", classes=50)
         dm.setup("fit")
         x, y, domain = next(iter(dm.train_dataloader()))    # [128, 1, 28, 28], [128], [128]
     """

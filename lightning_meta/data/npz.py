@@ -9,6 +9,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
+from lightning_meta.data.bundled import bundled_names, resolve
 from lightning_meta.data.class_images import ClassImages
 from lightning_meta.data.datamodule import FIELD, EpisodicDataModule
 from lightning_meta.data.image_files import (
@@ -53,6 +54,11 @@ class NpzDataModule(EpisodicDataModule):
     ``[classes, samples, H, W]`` (greyscale) or ``[classes, samples, C, H, W]``, e.g. the 1200
     hanzi characters x 20 fonts of ``hanzi_fonts_1200x20.npz``.  A ``.npy`` file works as well.
 
+    ``path`` is a file, or the name of a data set shipped with the package (no download):
+    ``"hanzi"``, 300 Chinese characters x 20 font renders, 28x28 (see
+    :mod:`lightning_meta.data.bundled`).  An existing file of that name wins over the bundled set;
+    the name, not the installed location, is what the config and checkpoints keep.
+
     Classes are split into disjoint meta-train / validation / test sets by a permutation seeded by
     ``split_seed``: ``round(classes * train_fraction)`` for meta-training,
     ``round(classes * val_fraction)`` for validation, the rest for test.  ``rotations`` are applied
@@ -62,7 +68,8 @@ class NpzDataModule(EpisodicDataModule):
 
     Example::
 
-        dm = NpzDataModule("hanzi_fonts_1200x20.npz", ways=5, shots=1, queries=5, rotations=[0, 90, 180, 270])
+        dm = NpzDataModule("hanzi", ways=5, shots=1, queries=5, rotations=[0, 90, 180, 270])   # bundled
+        dm = NpzDataModule("hanzi_fonts_1200x20.npz", ways=5, shots=1, queries=5)               # any file
         dm.setup("fit")
     """
 
@@ -87,16 +94,19 @@ class NpzDataModule(EpisodicDataModule):
 
     @property
     def file(self) -> Path:
-        return Path(self.path).expanduser()
+        """The file ``path`` names: that file, or the bundled data set of that name."""
+        return resolve(self.path)
 
     def shape(self) -> tuple[int, ...]:
         """The array's shape, checked (from its header) to be uint8 ``[classes, samples, (C,) H, W]``."""
         if self._shape is None:
             file = self.file
             if not file.is_file():
+                bundled = ", ".join(repr(name) for name in bundled_names())
                 raise ConfigurationError(
-                    f"{FIELD}path={self.path!r}: file {file.resolve()} does not exist: set --data.init_args.path to an"
-                    f" .npz holding '{self.key}', uint8 images [classes, samples, H, W]")
+                    f"{FIELD}path={self.path!r}: file {file.resolve()} does not exist and {self.path!r} is not a"
+                    f" bundled data set ({bundled}): set --data.init_args.path to an .npz holding '{self.key}', uint8"
+                    f" images [classes, samples, H, W], or to a bundled name")
             try:
                 shape, dtype = array_header(file, self.key)
             except ConfigurationError:
