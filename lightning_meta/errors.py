@@ -26,3 +26,37 @@ def require_positive(field: str, value: Any, *, allow_zero: bool = False, intege
 def optional_positive(field: str, value: Optional[Any], **kwargs: Any) -> None:
     if value is not None:
         require_positive(field, value, **kwargs)
+
+
+def one_line_error(error: BaseException) -> tuple[Optional[str], int]:
+    """The one-line report of an error that ends a CLI run, and the exit status; ``(None, 1)`` for an
+    error that is not the user's to fix (a bug: its traceback is kept).
+
+    A :class:`ConfigurationError` anywhere in the chain of causes (jsonargparse wraps the errors of
+    the classes it instantiates while validating a config) and jsonargparse's own parsing errors
+    are configuration errors (status 2); a non-finite loss or metric is a failed run (status 1).
+    """
+    from jsonargparse import ArgumentError
+
+    seen: set[int] = set()
+    cause: Optional[BaseException] = error
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, ConfigurationError):
+            return f"configuration error: {single_line(str(cause))}", 2
+        cause = cause.__cause__ or cause.__context__
+    if isinstance(error, ArgumentError):
+        return f"configuration error: {argument_error_line(str(error))}", 2
+    if isinstance(error, FloatingPointError):
+        return f"error: {single_line(str(error))}", 1
+    return None, 1
+
+
+def single_line(message: str) -> str:
+    return " ".join(message.split())
+
+
+def argument_error_line(message: str) -> str:
+    """jsonargparse's (often nested, multi-line) message as one line naming the field."""
+    lines = [line.strip(" -") for line in message.strip().splitlines() if line.strip(" -")]
+    return single_line("; ".join(lines)) if lines else "invalid arguments"

@@ -20,6 +20,7 @@ sets with mean and 95% confidence interval.
 from __future__ import annotations
 
 import contextlib
+import math
 import random
 import time
 import warnings
@@ -33,6 +34,7 @@ from pytorch_lightning.strategies import ParallelStrategy
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 
+from lightning_meta.data.saved_settings import DECODING_KEY, decoding_settings
 from lightning_meta.errors import ConfigurationError, optional_positive, require_positive
 from lightning_meta.inner_loop import Params, choose_batching, surrogate_loss, vmap_meta_gradients
 from lightning_meta.metrics import SUMMARY_ORDER, EpisodeResults, episode_scores, format_summary
@@ -282,7 +284,9 @@ class MetaLearner(pl.LightningModule):
         self.results["test"].reset()
 
     def on_validation_epoch_end(self) -> None:
-        self.log_results("val")
+        summary = self.log_results("val")
+        if summary and self.trainer.state.fn == "validate":
+            rank_zero_info(format_summary("val", summary, self.results["val"].count(), self.summary_order(summary)))
 
     def on_test_epoch_end(self) -> None:
         summary = self.log_results("test")
@@ -323,11 +327,24 @@ class MetaLearner(pl.LightningModule):
         if not results.names:
             return {}
         summary = results.compute()
+        self.check_finite_results(stage, summary)
         for name, (mean, ci95) in summary.items():
             self.log(f"{stage}/{name}", mean, prog_bar=name in ("acc", "mse"), sync_dist=False)
             if not name.startswith("loss"):
                 self.log(f"{stage}/{name}_ci95", ci95, sync_dist=False)
         return summary
+
+    def check_finite_results(self, stage: str, summary: dict[str, tuple[float, float]]) -> None:
+        """A non-finite evaluation result is never reported as a number: an error at test, a warning at
+        validation (where :class:`~lightning_meta.callbacks.BestCheckpoint` then keeps its best)."""
+        bad = [f"{stage}/{name} = {mean}" for name, (mean, _) in summary.items() if not math.isfinite(mean)]
+        if not bad:
+            return
+        message = (f"{', '.join(bad)}: the model's {stage} predictions are not finite (it diverged, or an input is"
+                   " NaN); lower the learning rates or set model.init_args.gradient_clip_val, and check the data")
+        if stage == "test":
+            raise FloatingPointError(message)
+        rank_zero_warn(message)
 
     # ------------------------------------------------------------------ prediction on new classes
     # ``predict_task`` (Python) and ``predict_step`` (``python -m lightning_meta predict``): one task's
@@ -425,10 +442,22 @@ class MetaLearner(pl.LightningModule):
                            "fall back to slow kernels (measured ~10x slower than fp32 for Conv4) and meta-gradients "
                            "lose 20-50% of their accuracy. Use precision='32-true' on this machine")
         datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is not None:
+            self.check_stage(datamodule, stage)
+
+    def check_stage(self, datamodule: Any, stage: str) -> None:
+        """Fail before ``stage`` runs when the learner cannot take the data it will see.
+
+        Checks every split the stage uses (``fit``: train, val and test) with :meth:`check_data`, and
+        the support set of ``predict`` with :meth:`check_prediction_data`.  Lightning calls it from
+        ``setup``; the CLI calls it earlier, before any logger or run folder exists.
+        """
         if stage == "predict":
             self.check_prediction_data(datamodule)
-        elif datamodule is not None and hasattr(datamodule, "source"):
-            split = "train" if stage == "fit" else ("val" if stage == "validate" else "test")
+            return
+        if not hasattr(datamodule, "source"):
+            return
+        for split in datamodule.splits_needed.get(stage, ()):
             self.check_data(datamodule, split)
 
     def check_data(self, datamodule: Any, split: str) -> None:
@@ -465,6 +494,10 @@ class MetaLearner(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["rng_states"] = _rng_states()
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        decoding = decoding_settings(datamodule)
+        if decoding is not None:  # how the data were decoded, checked when the checkpoint is evaluated
+            checkpoint[DECODING_KEY] = decoding
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Restore the RNG only when a Trainer resumes, never on a plain load_from_checkpoint.

@@ -331,13 +331,11 @@ class DomainAdversarial(MetaLearner):
                                f" {name} samples)")
 
     # ------------------------------------------------------------------ checks
-    def setup(self, stage: str) -> None:
-        datamodule = getattr(self.trainer, "datamodule", None)
+    def check_stage(self, datamodule: Any, stage: str) -> None:
         if stage == "predict":
             raise ConfigurationError("DomainAdversarial does not support predict: load the checkpoint and call the"
                                      " model on images (model(x).argmax(1)) instead")
-        if datamodule is not None:
-            self.check_data(datamodule, stage)
+        self.check_data(datamodule, stage)
 
     def check_data(self, datamodule: Any, split: str) -> None:
         """Fail before training when the data are not two domains of ``num_classes`` classes of

@@ -9,12 +9,15 @@ from typing import Optional
 import pytorch_lightning as pl
 from pytorch_lightning.utilities import rank_zero_info
 
+from lightning_meta.callbacks.run_folder import output_dir
+
 
 class EpisodeResultsCSV(pl.Callback):
     """After ``test``, write one row per test episode (``episode``, ``acc``, ``loss``, ``acc_before`` ...).
 
-    The file goes to ``path``, or ``test_episodes.csv`` in the Trainer's log directory.  Episodes
-    are a fixed seeded set, so two methods' files pair row by row.
+    The file goes to ``path``, or ``test_episodes.csv`` in the invocation's folder
+    (:func:`~lightning_meta.callbacks.run_folder.output_dir`).  Episodes are a fixed seeded set, so two
+    methods' files pair row by row.  Every rank gathers the rows (a collective); rank 0 writes.
 
     Example::
 
@@ -31,7 +34,7 @@ class EpisodeResultsCSV(pl.Callback):
         rows = results["test"].rows()
         if not trainer.is_global_zero:
             return
-        path = self.path or os.path.join(trainer.log_dir or trainer.default_root_dir, "test_episodes.csv")
+        path = self.path or os.path.join(output_dir(trainer), "test_episodes.csv")
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         temporary = path + ".tmp"
         with open(temporary, "w", newline="") as handle:

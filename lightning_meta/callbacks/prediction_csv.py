@@ -11,6 +11,7 @@ from pytorch_lightning.callbacks import BasePredictionWriter
 from pytorch_lightning.utilities import rank_zero_info
 from torch import Tensor
 
+from lightning_meta.callbacks.run_folder import output_dir
 from lightning_meta.data.prediction import prediction_rows
 
 
@@ -24,8 +25,8 @@ class PredictionCSV(BasePredictionWriter):
     ``task`` column comes first.  Batches without names (a plain :class:`~lightning_meta.tasks.TaskBatch`)
     name classes ``0..N-1`` and queries by their position.
 
-    The file goes to ``path``, or ``predictions.csv`` in the Trainer's log directory; the path is
-    printed.  ``python -m lightning_meta predict`` adds this callback unless one is configured.
+    The file goes to ``path``, or ``predictions.csv`` in the invocation's folder
+    (:func:`~lightning_meta.callbacks.run_folder.output_dir`); the path is printed.  ``python -m lightning_meta predict`` adds this callback unless one is configured.
 
     Example::
 
@@ -62,7 +63,7 @@ class PredictionCSV(BasePredictionWriter):
         columns: dict[str, None] = {}
         for row in rows:
             columns.update(dict.fromkeys(row))
-        path = self.path or os.path.join(trainer.log_dir or trainer.default_root_dir, "predictions.csv")
+        path = self.path or os.path.join(output_dir(trainer), "predictions.csv")
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         temporary = path + ".tmp"
         with open(temporary, "w", newline="") as handle:

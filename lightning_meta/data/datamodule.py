@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Optional
 
 import pytorch_lightning as pl
@@ -54,7 +55,9 @@ class EpisodicDataModule(pl.LightningDataModule):
     """
 
     is_regression = False
-    splits_needed = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ()}
+    #: the splits each stage checks before it starts (``fit`` tests at its end: its test split is
+    #: checked, and decoded, before the first training step)
+    splits_needed = {"fit": ("train", "val", "test"), "validate": ("val",), "test": ("test",), "predict": ()}
 
     def __init__(
         self,
@@ -76,6 +79,11 @@ class EpisodicDataModule(pl.LightningDataModule):
         batch_size: Optional[int] = None,
     ):
         super().__init__()
+        # every checkpoint carries the data arguments (logger=False: not merged into the model's)
+        self.save_hyperparameters(logger=False)
+        for name, value in list(self.hparams.items()):
+            if isinstance(value, os.PathLike):  # checkpoints are reloaded with weights_only=True
+                self.hparams[name] = os.fspath(value)
         if train_batches not in TRAIN_BATCHES:
             raise ConfigurationError(f"{FIELD}train_batches={train_batches!r} is unknown: choose one of "
                                      f"{', '.join(TRAIN_BATCHES)}")
