@@ -143,12 +143,40 @@ class MAML(MetaLearner):
 
     def evaluate_task(self, support_x: Tensor, support_y: Tensor, query_x: Tensor,
                       query_y: Tensor) -> tuple[Tensor, Tensor]:
+        trajectory, forward, query_in = self._evaluation_trajectory(support_x, support_y, query_x,
+                                                                    self.test_inner_steps)
+        return forward(trajectory[-1], query_in).detach(), forward(trajectory[0], query_in).detach()
+
+    def adaptation_predictions(self, support_x: Tensor, support_y: Tensor, query_x: Tensor,
+                               steps: Optional[int] = None) -> Tensor:
+        """Query predictions ``[steps + 1, M, ...]`` of one task after 0, 1, ..., ``steps`` inner steps.
+
+        ``steps`` defaults to ``test_inner_steps``.  The task adapts as :meth:`evaluate_task` adapts it
+        (first order, from the detached meta-learned weights), so entry 0 is its prediction before
+        adaptation and entry ``test_inner_steps`` its prediction after.  Needs gradients (not under
+        ``torch.inference_mode()``); works under ``torch.func.vmap`` like :meth:`evaluate_task`.
+        :class:`~lightning_meta.callbacks.AdaptationCurve` draws the accuracy (MSE) after each step
+        from it; any learner with this method gets adaptation curves.
+
+        Example::
+
+            with torch.enable_grad():
+                curve = model.adaptation_predictions(task.support_x, task.support_y, task.query_x)
+            [(p.argmax(-1) == task.query_y).float().mean().item() for p in curve]   # accuracy per step
+        """
+        trajectory, forward, query_in = self._evaluation_trajectory(
+            support_x, support_y, query_x, self.test_inner_steps if steps is None else steps)
+        return torch.stack([forward(p, query_in).detach() for p in trajectory])
+
+    def _evaluation_trajectory(self, support_x: Tensor, support_y: Tensor, query_x: Tensor,
+                               steps: int) -> tuple[list[Params], Forward, Tensor]:
+        """Evaluation-time adaptation of one task: ``(weights after 0..steps steps, forward, query inputs)``."""
         params = {name: p.detach() for name, p in self.named_parameters()}
         fast, forward, support_in, query_in = self.prepare_task(sub_params(params, "model"), support_x, query_x)
         trajectory = adapt(forward, fast, support_in, support_y, loss_fn=self.inner_loss,
-                           steps=self.test_inner_steps, step_size=self.step_sizes.bind(sub_params(params, "step_sizes")),
+                           steps=steps, step_size=self.step_sizes.bind(sub_params(params, "step_sizes")),
                            first_order=True, loss_scale=self.inner_loss_scale)
-        return forward(trajectory[-1], query_in).detach(), forward(fast, query_in).detach()
+        return trajectory, forward, query_in
 
     def probe(self, x: Tensor) -> Union[Tensor, None]:
         return self.model(x)
