@@ -1,7 +1,13 @@
-"""Meta-learning callbacks: model selection, per-episode results, predictions on new classes."""
+"""Meta-learning callbacks: model selection, per-episode results, predictions on new classes, and what to look at
+(adaptation curves, episode galleries, regression tasks, the test episodes in W&B)."""
 
 from lightning_meta.callbacks.best_checkpoint import BestCheckpoint
 from lightning_meta.callbacks.episode_csv import EpisodeResultsCSV
 from lightning_meta.callbacks.prediction_csv import PredictionCSV
+from lightning_meta.callbacks.adaptation_curve import AdaptationCurve
+from lightning_meta.callbacks.episode_gallery import EpisodeGallery
+from lightning_meta.callbacks.episode_table import EpisodeTable
+from lightning_meta.callbacks.regression_plot import RegressionPlot
 
 __all__ = ["BestCheckpoint", "EpisodeResultsCSV", "PredictionCSV"]
+__all__ += ["AdaptationCurve", "EpisodeGallery", "EpisodeTable", "RegressionPlot"]
