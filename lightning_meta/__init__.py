@@ -11,38 +11,32 @@ Example::
     trainer.fit(model, SinusoidDataModule())
 """
 
-from lightning_meta.algorithms import (
-    ANIL,
-    MAML,
-    Baseline,
-    BaselinePlusPlus,
-    DomainAdversarial,
-    FineTuningBaseline,
-    MANN,
-    MatchingNetwork,
-    MetaLearner,
-    MetaLearnerLSTM,
-    MetaSGD,
-    MetricLearner,
-    PrototypicalNetwork,
-    RelationNetwork,
-    Reptile,
-    SiameseNetwork,
-    SNAIL,
-)
-from lightning_meta.data import (
-    ClassImages,
-    DomainPairDataModule,
-    EpisodicDataModule,
-    ImageFolderDataModule,
-    LinearDataModule,
-    MiniImageNetDataModule,
-    NpzDataModule,
-    OmniglotDataModule,
-    SinusoidDataModule,
-)
-from lightning_meta.errors import ConfigurationError
-from lightning_meta.tasks import Task, TaskBatch
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_ORIGIN: dict[str, str] = {
+    **dict.fromkeys(
+        ["ANIL", "MAML", "Baseline", "BaselinePlusPlus", "DomainAdversarial", "FineTuningBaseline", "MANN",
+         "MatchingNetwork", "MetaLearner", "MetaLearnerLSTM", "MetaSGD", "MetricLearner", "PrototypicalNetwork",
+         "RelationNetwork", "Reptile", "SiameseNetwork", "SNAIL"],
+        "lightning_meta.algorithms",
+    ),
+    **dict.fromkeys(
+        ["ClassImages", "DomainPairDataModule", "EpisodicDataModule", "ImageFolderDataModule", "LinearDataModule",
+         "MiniImageNetDataModule", "NpzDataModule", "OmniglotDataModule", "SinusoidDataModule"],
+        "lightning_meta.data",
+    ),
+    "ConfigurationError": "lightning_meta.errors",
+    "Task": "lightning_meta.tasks",
+    "TaskBatch": "lightning_meta.tasks",
+}
+"""The module each public name comes from, imported on first use (PEP 562).
+
+Importing the package stays cheap (no torch, no Lightning), so ``lightning-meta --help`` answers in
+a fraction of a second; ``from lightning_meta import MAML`` imports the algorithms then.
+"""
 
 __version__ = "0.1.0"
 
@@ -77,3 +71,17 @@ __all__ = [
     "Task",
     "TaskBatch",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name from its module on first access, then keep it as a module attribute."""
+    if name not in _ORIGIN:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_ORIGIN[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    """The module's names and the lazy public ones, so completion and ``dir()`` show the API."""
+    return sorted(set(globals()) | set(__all__))
