@@ -38,12 +38,21 @@ from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 
 from lightning_meta.algorithms.base import MetaLearner
-from lightning_meta.callbacks import BestCheckpoint, EpisodeResultsCSV, PredictionCSV
+from lightning_meta.callbacks import (
+    AdaptationCurve,
+    BestCheckpoint,
+    EpisodeGallery,
+    EpisodeResultsCSV,
+    EpisodeTable,
+    PredictionCSV,
+    RegressionPlot,
+)
 from lightning_meta.callbacks.graceful_stop import GracefulStop
 from lightning_meta.callbacks.metrics_csv import MetricsCSV
 from lightning_meta.callbacks.progress import MetaProgressBar
 from lightning_meta.callbacks.run_config import RunConfig
 from lightning_meta.callbacks.run_folder import RunFolder
+from lightning_meta.catalog import find_config, help_text
 from lightning_meta.data.datamodule import EpisodicDataModule
 from lightning_meta.data.saved_settings import compare_with_checkpoint
 from lightning_meta.errors import ConfigurationError, one_line_error
@@ -69,8 +78,34 @@ def wandb_has_credentials() -> bool:
 
 
 def parser_kwargs() -> dict[str, Any]:
-    """Parsers that raise instead of exiting (so errors become one line), for every subcommand."""
-    return {"exit_on_error": False, **{name: {"exit_on_error": False} for name in SUBCOMMANDS}}
+    """Parsers that raise instead of exiting (so errors become one line), for every subcommand, whose
+    ``--help`` starts with the algorithms and shipped configs."""
+    description = help_text()
+    return {"exit_on_error": False,
+            **{name: {"exit_on_error": False, "description": description} for name in SUBCOMMANDS}}
+
+
+def with_config_paths(args: list[str]) -> list[str]:
+    """``args`` with each ``--config NAME`` of a shipped config replaced by its path (see
+    :func:`~lightning_meta.catalog.find_config`; existing paths are kept)."""
+    resolved, i = [], 0
+    while i < len(args):
+        arg = args[i]
+        if arg in ("--config", "-c") and i + 1 < len(args):
+            resolved += [arg, find_config(args[i + 1])]
+            i += 2
+            continue
+        if arg.startswith("--config="):
+            arg = "--config=" + find_config(arg.split("=", 1)[1])
+        resolved.append(arg)
+        i += 1
+    return resolved
+
+
+def visual_callbacks() -> list[pl.Callback]:
+    """What ``--visuals true`` (the default) adds: adaptation curve, episode gallery, regression plot,
+    the test episodes' W&B table (each skips the learners and data it does not apply to)."""
+    return [AdaptationCurve(), EpisodeGallery(), RegressionPlot(), EpisodeTable()]
 
 
 # ---------------------------------------------------------------------- loggers of the config
@@ -158,6 +193,10 @@ class MetaCLI(LightningCLI):
         Resolving ``last``/``best`` here, before LightningCLI reloads the model's arguments from the
         checkpoint, is what makes ``--ckpt_path last`` resume the previous run.
         """
+        if args is None:  # DDP re-launches sys.argv: keep the resolved paths there
+            sys.argv[1:] = with_config_paths(sys.argv[1:])
+        elif isinstance(args, list):
+            args = with_config_paths(args)
         super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
         if subcommand is None:
@@ -168,6 +207,11 @@ class MetaCLI(LightningCLI):
         config["ckpt_path"] = self.plan.ckpt_path
         if self.plan.ckpt_path:
             self.checkpoint = read_checkpoint(self.plan.ckpt_path)
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument("--visuals", type=bool, default=True,
+                            help="Draw the adaptation curve, an episode gallery and regression tasks into the run "
+                                 "folder and W&B, and put the test episodes in a W&B table")
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
@@ -202,6 +246,8 @@ class MetaCLI(LightningCLI):
         callbacks = config.get("callbacks") or []
         callbacks = [*(callbacks if isinstance(callbacks, list) else [callbacks]), RunFolder(self.plan.folder), metrics,
                      GracefulStop()]
+        if self._get(self.config, "visuals", True):
+            callbacks += visual_callbacks()
         if config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
             callbacks.append(MetaProgressBar())
         kwargs.setdefault("callbacks", callbacks)
