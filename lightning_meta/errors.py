@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import difflib
+import importlib
+import inspect
 import math
+import re
 from typing import Any, Optional
 
 
@@ -57,6 +61,47 @@ def single_line(message: str) -> str:
 
 
 def argument_error_line(message: str) -> str:
-    """jsonargparse's (often nested, multi-line) message as one line naming the field."""
+    """jsonargparse's (nested, multi-line) message as one line that names the field and the fix."""
+    keys = re.findall(r'Parser key "([^"]+)"', message)
+    class_path = re.search(r"Problem with given class_path '([^']+)'", message)
+    field = keys[0] if keys else ""
+    if class_path and len(keys) > 1:
+        field = f"{keys[0]}.init_args.{keys[1]}"
+    option = re.search(r"Option '([^']+)' is not accepted", message)
+    if option and class_path:
+        name = option.group(1)
+        close = difflib.get_close_matches(name, class_arguments(class_path.group(1)), n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        return (f"{keys[0]}.init_args.{name}: {class_path.group(1).rsplit('.', 1)[-1]} takes no argument {name!r}"
+                f"{hint}; `fit --help` lists the arguments")
+    expected = re.search(r"Expected a <class '(\w+)'>\. Got value: (.*)", message)
+    if expected:
+        kind = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}
+        return f"{field}: expected {kind.get(expected.group(1), expected.group(1))}, got {expected.group(2).strip()!r}"
+    missing = re.search(r"Expected a path but (\S+) either not accessible or invalid", message)
+    if missing:
+        return (f"{field}: {missing.group(1)} is neither a class nor a file; give a class path such as"
+                " lightning_meta.MAML (`lightning-meta list` shows them)")
+    if "unrecognized arguments" in message:
+        return f"{single_line(message)}: check the spelling; `fit --help` lists the options"
     lines = [line.strip(" -") for line in message.strip().splitlines() if line.strip(" -")]
     return single_line("; ".join(lines)) if lines else "invalid arguments"
+
+
+def class_arguments(class_path: str) -> list[str]:
+    """The constructor arguments of ``class_path`` and its bases (``**kwargs`` passed up), or ``[]``."""
+    module, _, name = class_path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        return []
+    names: list[str] = []
+    for klass in getattr(cls, "__mro__", ()):
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        parameters = inspect.signature(init).parameters.values()
+        names += [p.name for p in parameters if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+        if not any(p.kind == p.VAR_KEYWORD for p in parameters):
+            break  # the arguments of the bases are not passed on
+    return list(dict.fromkeys(names))

@@ -14,6 +14,32 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "configs"
 
+#: a small ProtoNet on the bundled hanzi set: trains, validates and tests in seconds
+HANZI = """\
+seed_everything: 0
+trainer:
+  max_steps: 4
+  accelerator: cpu
+  val_check_interval: 2
+  check_val_every_n_epoch: null
+  log_every_n_steps: 1
+  logger:
+    class_path: pytorch_lightning.loggers.WandbLogger
+    init_args:
+      project: lightning-meta
+model:
+  class_path: lightning_meta.PrototypicalNetwork
+  init_args:
+    embedding:
+      class_path: lightning_meta.models.Conv4
+      init_args: {in_channels: 1, out_features: null, hidden_channels: 8, pooling: max, image_size: 28,
+                  batch_norm_stats: running}
+data:
+  class_path: lightning_meta.data.NpzDataModule
+  init_args: {path: hanzi, ways: 5, shots: 1, queries: 2, meta_batch_size: 2, episodes_per_epoch: 8,
+              val_episodes: 4, test_episodes: 6}
+"""
+
 
 def cli(*args: str, cwd: Path, timeout: int = 400, env: Optional[dict] = None) -> subprocess.CompletedProcess:
     """``python -m lightning_meta ARGS`` in ``cwd``, W&B offline, no API key, one torch thread."""

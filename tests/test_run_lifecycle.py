@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from cli_helpers import CONFIGS, cli, ok, rows, run_folders, the_run, weights
+from cli_helpers import CONFIGS, HANZI, cli, ok, rows, run_folders, the_run, weights
 from PIL import Image
 
 SINE = [
@@ -18,6 +18,7 @@ SINE = [
     "--data.init_args.meta_batch_size", "8", "--data.init_args.episodes_per_epoch", "32",   # 4 steps an epoch
     "--data.init_args.val_episodes", "8", "--data.init_args.test_episodes", "8",
     "--model.init_args.backbone.init_args.hidden", "[16, 16]", "--trainer.log_every_n_steps", "1",
+    "--trainer.max_epochs", "-1",
 ]
 TOTAL = 120
 DEFECT_1 = ("no last checkpoint", "dirpath has changed")
@@ -89,30 +90,6 @@ def test_fit_without_a_previous_run_starts_one(tmp_path):
 
 
 # ---------------------------------------------------------------------- folders, checkpoints, W&B
-HANZI = """\
-seed_everything: 0
-trainer:
-  max_steps: 4
-  accelerator: cpu
-  val_check_interval: 2
-  check_val_every_n_epoch: null
-  log_every_n_steps: 1
-  logger:
-    class_path: pytorch_lightning.loggers.WandbLogger
-    init_args:
-      project: lightning-meta
-model:
-  class_path: lightning_meta.PrototypicalNetwork
-  init_args:
-    embedding:
-      class_path: lightning_meta.models.Conv4
-      init_args: {in_channels: 1, out_features: null, hidden_channels: 8, pooling: max, image_size: 28,
-                  batch_norm_stats: running}
-data:
-  class_path: lightning_meta.data.NpzDataModule
-  init_args: {path: hanzi, ways: 5, shots: 1, queries: 2, meta_batch_size: 2, episodes_per_epoch: 8,
-              val_episodes: 4, test_episodes: 6}
-"""
 
 
 def write_prediction_folders(root: Path) -> tuple[Path, Path]:

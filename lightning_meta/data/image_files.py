@@ -13,9 +13,10 @@ import math
 import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -122,7 +123,7 @@ class ImageHeaders:
         from PIL import Image
 
         def header(path: Path) -> tuple[tuple[int, int], str]:
-            with Image.open(path) as image:  # reads the header, decodes nothing
+            with opened(path) as image:  # reads the header, decodes nothing
                 return image.size, image.mode
 
         with ThreadPoolExecutor(decode_workers()) as pool:
@@ -181,6 +182,23 @@ def check_rotations(rotations: Sequence[int]) -> tuple[int, ...]:
 
 
 # --------------------------------------------------------------------------- decoding
+@contextmanager
+def opened(path: Path) -> Iterator[Any]:
+    """``PIL.Image.open(path)``, where a file PIL cannot read (truncated, corrupt, not an image) becomes a
+    :class:`ConfigurationError` naming it, raised while it is read or decoded inside the block."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            yield image
+    except (OSError, SyntaxError, ValueError, UnidentifiedImageError, Image.DecompressionBombError) as error:
+        if isinstance(error, ConfigurationError):
+            raise
+        raise ConfigurationError(
+            f"image file {Path(path).resolve()} cannot be read ({str(error) or type(error).__name__}): it is truncated"
+            " or not an image; replace it with a good copy or delete it, then run again") from error
+
+
 def decode_images(paths: Sequence[Path], channels: int, image_size: Optional[int] = None,
                   invert: bool = False) -> Tensor:
     """Decode ``paths`` to one uint8 tensor ``[N, channels, H, W]``.
@@ -196,14 +214,14 @@ def decode_images(paths: Sequence[Path], channels: int, image_size: Optional[int
         size = image_size or 0
         return torch.zeros(0, channels, size, size, dtype=torch.uint8)
     if image_size is None:
-        with Image.open(paths[0]) as first:
+        with opened(paths[0]) as first:
             width, height = first.size
     else:
         width = height = image_size
     out = np.empty((len(paths), height, width, channels), dtype=np.uint8)
 
     def decode(i: int) -> None:
-        with Image.open(paths[i]) as image:
+        with opened(paths[i]) as image:
             image = image.convert(mode)  # before resizing: PIL resizes mode "1" / "P" with NEAREST only
             if image.size != (width, height):
                 if image_size is None:
