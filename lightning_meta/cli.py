@@ -24,9 +24,11 @@ On top of LightningCLI:
 from __future__ import annotations
 
 import copy
+import logging
 import netrc
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Optional
 
@@ -35,6 +37,7 @@ import torch
 from jsonargparse import Namespace
 from pytorch_lightning.callbacks import BasePredictionWriter, ProgressBar
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
+from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 
 from lightning_meta.algorithms.base import MetaLearner
@@ -59,7 +62,20 @@ from lightning_meta.errors import ConfigurationError, one_line_error
 from lightning_meta.runs import CHECKPOINTS, RunPlan, plan_run
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
-WANDB = "pytorch_lightning.loggers.WandbLogger"
+
+# Start-up noise of every run: Lightning's advertisement and a deprecation inside its own pytree use.
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated")
+
+
+class WithoutTips(logging.Filter):
+    """Drops Lightning's "💡 Tip: ..." advertisements from the log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.getMessage()).startswith("💡 Tip")
+
+
+for _name in ("pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.rank_zero"):
+    logging.getLogger(_name).addFilter(WithoutTips())
 
 
 def trainer_defaults() -> dict[str, Any]:
@@ -245,7 +261,8 @@ class MetaCLI(LightningCLI):
         metrics = MetricsCSV(self.plan.folder)
         callbacks = config.get("callbacks") or []
         callbacks = [*(callbacks if isinstance(callbacks, list) else [callbacks]), RunFolder(self.plan.folder), metrics,
-                     GracefulStop()]
+                     GracefulStop(config.get("max_time"))]
+        kwargs.setdefault("max_time", None)  # GracefulStop ends training on time, after a whole step
         if self._get(self.config, "visuals", True):
             callbacks += visual_callbacks()
         if config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
@@ -255,6 +272,9 @@ class MetaCLI(LightningCLI):
         if config.get("logger") in (None, True):
             kwargs.setdefault("logger", False)  # no W&B configured: metrics.csv only
         trainer = super().instantiate_trainer(**kwargs)
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger) and logger._wandb_init.get("anonymous", 0) is None:
+                del logger._wandb_init["anonymous"]  # passed as None, W&B warns that the setting is deprecated
         trainer.loggers = [*trainer.loggers, metrics.logger]
         for callback in trainer.checkpoint_callbacks:
             if getattr(callback, "dirpath", None) is None:
@@ -268,9 +288,12 @@ class MetaCLI(LightningCLI):
         """Check the data of every split the stage uses, and the model against it, before Lightning
         starts the loggers (so a refused run leaves no folder and no W&B run)."""
         datamodule, model = self.datamodule, self.model
+        if self.plan is None:
+            return
         if self.checkpoint is not None:
             compare_with_checkpoint(self.checkpoint, datamodule, stage, self.plan.ckpt_path)
         if datamodule is None:
+            Path(self.plan.folder).mkdir(parents=True, exist_ok=True)
             return
         datamodule.trainer = self.trainer
         if "LOCAL_RANK" not in os.environ:  # DDP processes started later find the data prepared
@@ -278,6 +301,7 @@ class MetaCLI(LightningCLI):
         datamodule.setup(stage)
         if isinstance(model, MetaLearner):
             model.check_stage(datamodule, stage)
+        Path(self.plan.folder).mkdir(parents=True, exist_ok=True)  # all checked: the run may start
 
     def before_fit(self) -> None:
         self.check_before("fit")

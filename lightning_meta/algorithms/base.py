@@ -42,6 +42,10 @@ from lightning_meta.models.backbone import module_spec
 from lightning_meta.tasks import TaskBatch
 
 BATCHING = ("auto", "loop", "vmap")
+
+# Evaluation results are gathered over processes by EpisodeResults (a torchmetrics Metric) before they
+# are logged, so Lightning's advice to sync them again is moot.
+warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('(val|test)/")
 FIELD = "model.init_args."
 
 
@@ -256,10 +260,12 @@ class MetaLearner(pl.LightningModule):
         per-task ``losses`` and ``predictions``, and ``train/tasks_per_s``.  Override to log more."""
         scores = episode_scores(predictions, batch.query_y)
         size = batch.num_tasks
-        self.log("train/loss", losses.mean(), prog_bar=True, on_step=True, on_epoch=False, batch_size=size)
+        # sync_dist: the mean over every process's tasks, as one process with the whole meta-batch logs
+        self.log("train/loss", losses.mean(), prog_bar=True, on_step=True, on_epoch=False, batch_size=size,
+                 sync_dist=True)
         metric = "mse" if batch.is_regression else "acc"
         self.log(f"train/{metric}", scores[metric].mean(), prog_bar=True, on_step=True, on_epoch=False,
-                 batch_size=size)
+                 batch_size=size, sync_dist=True)
         now = time.perf_counter()
         if self._last_step_end is not None:
             tasks = size * self.trainer.world_size

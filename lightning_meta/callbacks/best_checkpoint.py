@@ -64,10 +64,15 @@ class BestCheckpoint(ModelCheckpoint):
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
-        if trainer.should_stop or 0 <= trainer.max_steps <= trainer.global_step:
+        if 0 <= trainer.max_steps <= trainer.global_step or trainer.should_stop:
             # the state of this step, mid-epoch: the epoch is not counted as done, the loader resumes after it
             self._stopped_mid_epoch = batch_idx + 1 < trainer.num_training_batches
             self.write_last(trainer)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if 0 <= trainer.max_steps <= trainer.global_step and not trainer.sanity_checking:
+            self.write_last(trainer)  # a validation after the last step: keep its best score in last.ckpt
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self._stopped_mid_epoch:  # after a mid-epoch stop, the state at that batch is the one to keep

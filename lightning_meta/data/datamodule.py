@@ -6,7 +6,7 @@ import os
 from typing import TYPE_CHECKING, Optional
 
 import pytorch_lightning as pl
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, IterableDataset
 
 from lightning_meta.data.episodes import EpisodeLoader, EpisodeSource, EpisodeStream, eval_plan, train_plan
 from lightning_meta.data.supervised import TRAIN_BATCHES, SupervisedStream, check_supervised_split
@@ -277,10 +277,23 @@ class EpisodicDataModule(pl.LightningDataModule):
         return self._prediction
 
     def predict_dataloader(self) -> DataLoader:
-        """One :class:`~lightning_meta.tasks.PredictionBatch` (``B = 1``): the support and query folders."""
-        return DataLoader([self.prediction_set().batch()], batch_size=1, collate_fn=_only_item)
+        """One :class:`~lightning_meta.tasks.PredictionBatch` (``B = 1``): the support and query folders.
+
+        Every process predicts it (an iterable dataset, so Lightning adds no distributed sampler, which
+        would leave the second of two processes with nothing and fail); rank 0 writes the predictions.
+        """
+        return DataLoader(ReadyBatches([self.prediction_set().batch()]), batch_size=None)
 
 
-def _only_item(items: list):
-    """The collate function of a loader of ready-made batches (one per step)."""
-    return items[0]
+class ReadyBatches(IterableDataset):
+    """Batches built beforehand, served as they are on every process."""
+
+    def __init__(self, batches: list):
+        super().__init__()
+        self.batches = batches
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
