@@ -317,8 +317,11 @@ class MetaCLI(LightningCLI):
 
     def after_fit(self) -> None:
         trainer = self.trainer
-        if trainer.fast_dev_run or trainer.interrupted or any(
-                isinstance(c, GracefulStop) and c.stopped for c in trainer.callbacks):
+        if trainer.fast_dev_run or trainer.interrupted:
+            return
+        if any(isinstance(c, GracefulStop) and c.by_user for c in trainer.callbacks):
+            rank_zero_info(f"stopped by Ctrl-C after step {trainer.global_step}, last.ckpt written: continue with the"
+                           " same command and --ckpt_path last")
             return
         best: Optional[str] = getattr(trainer.checkpoint_callback, "best_model_path", None) or None
         rank_zero_info(f"testing {'the best checkpoint ' + best if best else 'the final weights'}")

@@ -3,14 +3,19 @@ with ``--ckpt_path last``, what a checkpoint and the W&B run hold, and evaluatio
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import yaml
-from cli_helpers import CONFIGS, HANZI, cli, ok, rows, run_folders, the_run, weights
+from cli_helpers import CONFIGS, HANZI, REPO, cli, ok, rows, run_folders, the_run, weights
 from PIL import Image
 
 SINE = [
@@ -68,6 +73,30 @@ def test_fit_then_resume_last_equals_the_uninterrupted_run(tmp_path, uninterrupt
     wandb_runs = sorted((run / "wandb").glob("offline-run-*"))
     assert len(wandb_runs) == 2 and all(p.name.endswith(run.name) for p in wandb_runs), wandb_runs
     assert stop_step(run) == TOTAL
+    assert_same_run(run, uninterrupted)
+
+
+def test_ctrl_c_stops_after_a_step_and_resumes_exactly(tmp_path, uninterrupted):
+    """A SIGINT in the middle of fit: training ends after the current step, last.ckpt holds it, no test runs;
+    fit --ckpt_path last then ends where the uninterrupted run ends."""
+    environment = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "lightning_meta", "fit", *map(str, SINE), "--trainer.max_steps", str(TOTAL)]
+    with open(tmp_path / "first.log", "w") as log:
+        process = subprocess.Popen(command, cwd=tmp_path, env=environment, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and process.poll() is None:
+            metrics = list(experiment(tmp_path).glob("*/metrics.csv"))
+            if metrics and len(metrics[0].read_text().splitlines()) > 12:   # a few steps and a validation
+                break
+            time.sleep(0.05)
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=240) == 0, (tmp_path / "first.log").read_text()[-3000:]
+    output = (tmp_path / "first.log").read_text()
+    run = the_run(experiment(tmp_path))
+    stopped = stop_step(run)
+    assert 0 < stopped < TOTAL, f"the signal should stop training early, at {stopped}"
+    assert "stopped by Ctrl-C after step" in output and not (run / "test_episodes.csv").exists()
+    ok(cli("fit", *SINE, "--trainer.max_steps", TOTAL, "--ckpt_path", "last", cwd=tmp_path))
     assert_same_run(run, uninterrupted)
 
 
@@ -195,6 +224,11 @@ def test_the_wandb_run_carries_the_whole_config(tmp_path, monkeypatch):
     folder, = run_folders(tmp_path / "runs" / "protonet_hanzi_tiny")
     assert logger.experiment.id == folder.name
     assert yaml.safe_load((folder / "config.yaml").read_text())["trainer"]["max_steps"] == 2
+    # what to look at, in the run folder and in the W&B run: ProtoNet has a gallery and the test table
+    assert list(folder.glob("gallery_val_*.png")) and list(folder.glob("gallery_test_*.png"))
+    media = list((folder / "wandb").glob("offline-run-*/files/media/images/*/gallery*.png"))
+    tables = list((folder / "wandb").glob("offline-run-*/files/media/table/test/episodes*.table.json"))
+    assert media and tables, sorted(p.name for p in (folder / "wandb").rglob("*"))[:40]
     logger.experiment.finish()
 
 

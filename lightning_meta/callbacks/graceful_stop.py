@@ -16,7 +16,7 @@ Example::
     stop = GracefulStop(max_time="00:01:00:00")
     trainer = pl.Trainer(callbacks=[stop, BestCheckpoint()], inference_mode=False)
     trainer.fit(model, data)
-    stop.stopped    # True when Ctrl-C or max_time ended training
+    stop.stopped, stop.by_user    # whether Ctrl-C or max_time ended training, and whether Ctrl-C did
 """
 
 from __future__ import annotations
@@ -50,13 +50,14 @@ class GracefulStop(pl.Callback):
         limit = as_timedelta(max_time)
         self.max_seconds = None if limit is None else limit.total_seconds()
         self.elapsed = 0.0  # training seconds of earlier segments of the run (restored on resume)
-        self.requested = False
+        self.requested = False  # a SIGINT reached this process
         self.stopped = False
+        self.by_user = False  # training was stopped by a Ctrl-C (on any process)
         self._started: Optional[float] = None
         self._previous: Optional[Any] = None
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.requested = self.stopped = False
+        self.requested = self.stopped = self.by_user = False
         self._started = time.monotonic()
         if threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGINT, self._request)
@@ -72,13 +73,14 @@ class GracefulStop(pl.Callback):
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         out_of_time = self.max_seconds is not None and self.training_seconds() >= self.max_seconds
-        stop = self.requested or out_of_time
-        if trainer.world_size > 1:  # every process must stop at the same step
-            stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
-        if stop and not self.stopped:
-            self.stopped = True
+        by_user = self.requested
+        if trainer.world_size > 1:  # every process must stop at the same step, for the same reason
+            by_user = trainer.strategy.reduce_boolean_decision(by_user, all=False)
+            out_of_time = trainer.strategy.reduce_boolean_decision(out_of_time, all=False)
+        if (by_user or out_of_time) and not self.stopped:
+            self.stopped, self.by_user = True, by_user
             trainer.fit_loop.epoch_loop.max_steps = trainer.global_step  # end as max_steps does: no extra validation
-            reason = "Ctrl-C" if self.requested else f"max_time ({self.max_seconds:.0f} s of training)"
+            reason = "Ctrl-C" if by_user else f"max_time ({self.max_seconds:.0f} s of training)"
             rank_zero_info(f"{reason}: training stops after step {trainer.global_step}")
 
     def state_dict(self) -> dict[str, Any]:
