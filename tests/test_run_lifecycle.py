@@ -234,7 +234,8 @@ def test_the_wandb_run_carries_the_whole_config(tmp_path, monkeypatch):
 
 def test_runs_folder_follows_the_loggers_save_dir(tmp_path):
     ok(cli("fit", *SINE, "--trainer.max_steps", "2", "--trainer.logger.init_args.save_dir", "elsewhere",
-           "--trainer.logger.init_args.project", "my-project", cwd=tmp_path))
+           "--trainer.logger.init_args.project", "my-project",
+           "--trainer.callbacks+=pytorch_lightning.callbacks.RichProgressBar", cwd=tmp_path))
     run = the_run(tmp_path / "elsewhere")
     assert (run / "checkpoints" / "last.ckpt").is_file() and not (tmp_path / "runs").exists()
     shutil.rmtree(tmp_path / "elsewhere")
