@@ -48,6 +48,8 @@ def one_line_error(error: BaseException) -> tuple[Optional[str], int]:
         seen.add(id(cause))
         if isinstance(cause, ConfigurationError):
             return f"configuration error: {single_line(str(cause))}", 2
+        if type(cause).__name__ == "MisconfigurationException":  # Lightning's own refusals of a setting
+            return f"configuration error: {single_line(str(cause))}", 2
         cause = cause.__cause__ or cause.__context__
     if isinstance(error, ArgumentError):
         return f"configuration error: {argument_error_line(str(error))}", 2

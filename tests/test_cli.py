@@ -52,7 +52,7 @@ def test_fit_tests_the_best_checkpoint_and_prints_the_ci(fitted):
 
 def test_metrics_reach_the_csv_and_wandb_loggers(fitted):
     work, _, _ = fitted
-    metrics = list((work / "runs" / "maml_omniglot_5w1s" / "csv").rglob("metrics.csv"))
+    metrics = list((work / "runs" / "maml_omniglot_5w1s").glob("*/metrics.csv"))
     assert metrics, "the CSV logger wrote nothing"
     rows = list(csv.DictReader(metrics[0].open()))
     columns = set(rows[0])
@@ -60,7 +60,7 @@ def test_metrics_reach_the_csv_and_wandb_loggers(fitted):
             "test/acc_before"} <= columns
     test_acc = [float(r["test/acc"]) for r in rows if r.get("test/acc")]
     assert len(test_acc) == 1 and 0.0 <= test_acc[0] <= 1.0
-    assert list((work / "runs" / "maml_omniglot_5w1s" / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert list((work / "runs" / "maml_omniglot_5w1s").glob("*/wandb/offline-run-*/run-*.wandb"))
     episodes = list((work / "runs").rglob("test_episodes.csv"))
     assert episodes and len(list(csv.DictReader(episodes[0].open()))) == 8
 

@@ -78,9 +78,11 @@ def test_bad_data_values_end_in_one_line(work, capsys, field, value, named):
     ("model.init_args.inner_lr", "fast", "model.init_args.inner_lr: expected a number, got 'fast'"),
     ("trainer.gradient_clip_val", "1.0", "--model.init_args.gradient_clip_val"),
     ("trainer.max_stepz", "3", "unrecognized arguments: --trainer.max_stepz"),
+    ("trainer.logger.init_args.log_model", "true", "log_model=True and offline=True"),   # W&B refuses the pair
 ])
 def test_bad_learner_values_end_in_one_line(work, capsys, field, value, named):
-    line = refused(["fit", *SINE, f"--{field}", value], capsys, work)
+    offline = ["--trainer.logger.init_args.offline", "true"] if "log_model" in field else []
+    line = refused(["fit", *SINE, *offline, f"--{field}", value], capsys, work)
     assert named in line, line
 
 
