@@ -231,7 +231,7 @@ def test_cli_fits_the_shipped_config_and_tests_the_best_checkpoint(tmp_path):
     assert run.returncode == 0, output[-4000:]
     assert "testing the best checkpoint" in output and "test/target_acc = " in output
     assert len(list((tmp_path / "runs").rglob("best.ckpt"))) == 1
-    metrics = list((tmp_path / "runs" / "dann_hanzi" / "csv").rglob("metrics.csv"))
+    metrics = list((tmp_path / "runs" / "dann_hanzi").rglob("metrics.csv"))
     columns = set(csv.DictReader(metrics[0].open()).fieldnames or [])
     assert {"train/loss", "train/domain_loss", "train/lambda", "val/acc", "val/source_acc", "val/target_acc",
             "val/target_acc_ci95", "test/acc", "test/target_acc", "test/source_acc", "test/source_acc_ci95"} <= columns

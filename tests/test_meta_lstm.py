@@ -305,7 +305,7 @@ def test_the_5w1s_config_fits_and_tests_through_the_cli(tmp_path):
     assert run.returncode == 0, output[-4000:]
     assert "test/acc = " in output and "95% CI over 4 episodes" in output
     assert list((tmp_path / "runs").rglob("best.ckpt"))
-    metrics = list((tmp_path / "runs" / "metalstm_miniimagenet_5w1s" / "csv").rglob("metrics.csv"))
+    metrics = list((tmp_path / "runs" / "metalstm_miniimagenet_5w1s").rglob("metrics.csv"))
     assert metrics and "test/acc_before" in metrics[0].read_text().splitlines()[0]
 
 
