@@ -67,7 +67,7 @@ def test_cli_predict_writes_the_csv_that_predict_task_gives(trained, tmp_path):
               "--data.init_args.support_dir", str(support), "--data.init_args.query_dir", str(query), *SMALL,
               cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-4000:]
-    written = list(tmp_path.rglob("predictions.csv"))
+    written = list(best.parent.parent.glob("predict-*/predictions.csv"))   # in a sub-folder of the checkpoint's run
     assert len(written) == 1
     assert str(written[0].resolve()) in run.stdout + run.stderr  # the path is printed
     rows = read_csv(written[0])
