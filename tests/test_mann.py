@@ -244,7 +244,7 @@ def test_fit_and_test_log_instance_accuracies_and_the_summary(caplog):
     assert trainer.global_step == 2  # one optimiser step per meta-batch
     for name in ("train/loss", "train/acc", "train/acc_inst1", "train/acc_inst2", "val/acc", "val/acc_inst2"):
         assert name in trainer.logged_metrics, name
-    with caplog.at_level("INFO"):
+    with caplog.at_level("INFO", logger="pytorch_lightning"):
         results = trainer.test(model, data, verbose=False)[0]
     assert {"test/acc", "test/acc_ci95", "test/acc_inst1", "test/acc_inst3", "test/acc_inst3_ci95"} <= set(results)
     assert "test/acc_inst5" not in results and "test/acc_inst10" not in results
