@@ -140,7 +140,7 @@ def test_transductive_flag_is_recorded_with_the_results(caplog):
                          episodes_per_epoch=2, val_episodes=2, test_episodes=4)
     for flag in (False, True):
         model = Reptile(Conv4(1, 3, hidden_channels=4), inner_lr=0.01, inner_steps=1, transductive=flag)
-        with caplog.at_level(logging.INFO):
+        with caplog.at_level(logging.INFO, logger="pytorch_lightning"):
             results = quiet_trainer().test(model, data, verbose=False)[0]
         assert results["test/transductive"] == float(flag)
         assert model.hparams["transductive"] is flag
