@@ -38,7 +38,7 @@ from jsonargparse import Namespace
 from pytorch_lightning.callbacks import BasePredictionWriter, ProgressBar
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.loggers import WandbLogger
-from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
+from pytorch_lightning.utilities import rank_zero_info
 
 from lightning_meta.algorithms.base import MetaLearner
 from lightning_meta.callbacks import (

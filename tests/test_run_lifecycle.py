@@ -114,7 +114,7 @@ def test_resume_from_another_working_directory(tmp_path, uninterrupted):
 
 
 def test_fit_without_a_previous_run_starts_one(tmp_path):
-    run = ok(cli("fit", *SINE, "--trainer.max_steps", "2", "--ckpt_path", "last", cwd=tmp_path))
+    ok(cli("fit", *SINE, "--trainer.max_steps", "2", "--ckpt_path", "last", cwd=tmp_path))
     assert len(run_folders(experiment(tmp_path))) == 1
 
 
