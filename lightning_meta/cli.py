@@ -40,14 +40,13 @@ from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.utilities import rank_zero_info
 
-from lightning_meta.algorithms.base import MetaLearner
+from lightning_meta.algorithms.learner import Learner
 from lightning_meta.callbacks import (
     AdaptationCurve,
     BestCheckpoint,
     EpisodeGallery,
     EpisodeResultsCSV,
     EpisodeTable,
-    PredictionCSV,
     RegressionPlot,
 )
 from lightning_meta.callbacks.graceful_stop import GracefulStop
@@ -199,7 +198,7 @@ class MetaCLI(LightningCLI):
         self.plan: Optional[RunPlan] = None
         self.checkpoint: Optional[dict[str, Any]] = None
         if not args:
-            args = (MetaLearner, EpisodicDataModule)
+            args = (Learner, EpisodicDataModule)
         super().__init__(*args, **kwargs)
 
     # ------------------------------------------------------------------ parsing: the run's plan
@@ -254,6 +253,18 @@ class MetaCLI(LightningCLI):
         self._add_configure_optimizers_method_to_model(self.subcommand)
         self.trainer = self.instantiate_trainer()
 
+    def _add_configure_optimizers_method_to_model(self, subcommand: Optional[str]) -> None:
+        """``--optimizer``/``--lr_scheduler`` for a :class:`Learner`: one of each per parameter group (LightningCLI
+        would put every parameter in one optimizer); other modules get LightningCLI's behaviour."""
+        if not isinstance(self.model, Learner):
+            super()._add_configure_optimizers_method_to_model(subcommand)
+            return
+        config = self._get(self.config_init, "optimizer")
+        if not config:
+            return
+        schedule = self._get(self.config_init, "lr_scheduler")
+        self.model.use_optimizer(spec_of(config), spec_of(schedule) if schedule else None)
+
     def instantiate_trainer(self, **kwargs: Any) -> pl.Trainer:
         if self.plan is None:
             return super().instantiate_trainer(**kwargs)
@@ -280,7 +291,9 @@ class MetaCLI(LightningCLI):
             if getattr(callback, "dirpath", None) is None:
                 callback.dirpath = os.path.join(self.plan.folder, CHECKPOINTS)
         if self.subcommand == "predict" and not any(isinstance(c, BasePredictionWriter) for c in trainer.callbacks):
-            trainer.callbacks.append(PredictionCSV())
+            writer = self.model.prediction_writer() if isinstance(self.model, Learner) else None
+            if writer is not None:
+                trainer.callbacks.append(writer)
         return trainer
 
     # ------------------------------------------------------------------ checks before any logger starts
@@ -299,7 +312,7 @@ class MetaCLI(LightningCLI):
         if "LOCAL_RANK" not in os.environ:  # DDP processes started later find the data prepared
             datamodule.prepare_data()
         datamodule.setup(stage)
-        if isinstance(model, MetaLearner):
+        if isinstance(model, Learner):
             model.check_stage(datamodule, stage)
         Path(self.plan.folder).mkdir(parents=True, exist_ok=True)  # all checked: the run may start
 
@@ -353,3 +366,8 @@ def main(args: Optional[list[str]] = None) -> None:
         raise SystemExit(status) from None
     finally:
         os.environ.pop("LIGHTNING_META_RUN", None)
+
+
+def spec_of(config: Any) -> dict[str, Any]:
+    """A ``{"class_path", "init_args"}`` dict of an optimizer or scheduler as the parser holds it."""
+    return config.as_dict() if isinstance(config, Namespace) else dict(config)

@@ -7,7 +7,11 @@ import importlib
 import inspect
 import math
 import re
-from typing import Any, Optional
+from typing import Any, Iterable, Optional, get_args
+
+#: the prefixes of the model's and the data module's arguments, as a user writes them in a config
+MODEL_ARGS = "model.init_args."
+DATA_ARGS = "data.init_args."
 
 
 class ConfigurationError(ValueError):
@@ -30,6 +34,22 @@ def require_positive(field: str, value: Any, *, allow_zero: bool = False, intege
 def optional_positive(field: str, value: Optional[Any], **kwargs: Any) -> None:
     if value is not None:
         require_positive(field, value, **kwargs)
+
+
+def require_choice(field: str, value: Any, choices: Any) -> None:
+    """Raise :class:`ConfigurationError` unless ``value`` is one of ``choices``: a ``Literal[...]`` type (as
+    the argument is annotated, so the CLI checks it too) or an iterable of values.
+
+    Example::
+
+        Head = Literal["linear", "cosine"]
+        require_choice(MODEL_ARGS + "head", head, Head)
+    """
+    options: Iterable[Any] = get_args(choices) or choices
+    options = tuple(options)
+    if value not in options:
+        raise ConfigurationError(
+            f"{field}={value!r} is unknown: choose one of {', '.join(str(o) for o in options)}")
 
 
 def one_line_error(error: BaseException) -> tuple[Optional[str], int]:

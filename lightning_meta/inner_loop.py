@@ -193,12 +193,6 @@ def vmap_meta_gradients(
     return {name: g.mean(0) for name, g in grads.items()}, losses.detach(), predictions.detach()
 
 
-def surrogate_loss(params: Mapping[str, Tensor], grads: Mapping[str, Tensor]) -> Tensor:
-    """A scalar whose gradient w.r.t. ``params`` is ``grads``: hands a precomputed meta-gradient
-    to ``manual_backward`` so loss scaling and the DDP all-reduce still apply."""
-    return sum((params[name] * g.detach().to(params[name].dtype)).sum() for name, g in grads.items())
-
-
 def has_batchnorm(module: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._NormBase) for m in module.modules())
 

@@ -9,7 +9,7 @@ processes under DDP, as any torchmetrics ``Metric`` does.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Iterable, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -114,17 +114,22 @@ SUMMARY_ORDER = ("acc_before", "acc", "mse_before", "mse", "loss")
 
 
 def format_summary(stage: str, summary: dict[str, tuple[float, float]], episodes: int,
-                   order: Sequence[str] = SUMMARY_ORDER) -> str:
-    """A one-line human summary; accuracies in percent, others as they are."""
+                   order: Sequence[str] = SUMMARY_ORDER,
+                   is_fraction: Callable[[str], bool] = lambda name: name.startswith("acc"),
+                   display_names: Optional[Mapping[str, str]] = None) -> str:
+    """A one-line human summary; fractions (``is_fraction``, by default accuracies) in percent, others as
+    they are; ``display_names`` renames values for the reader."""
+    names = display_names or {}
     parts = []
     for name in order:
         if name not in summary:
             continue
         mean, ci = summary[name]
-        if name.startswith("acc"):
-            parts.append(f"{stage}/{name} = {100 * mean:.2f}% ± {100 * ci:.2f}%")
+        label = f"{stage}/{names.get(name, name)}"
+        if is_fraction(name):
+            parts.append(f"{label} = {100 * mean:.2f}% ± {100 * ci:.2f}%")
         else:
-            parts.append(f"{stage}/{name} = {mean:.4f} ± {ci:.4f}")
+            parts.append(f"{label} = {mean:.4f} ± {ci:.4f}")
     return f"{stage}: " + ", ".join(parts) + f" (95% CI over {episodes} episodes)"
 
 

@@ -109,9 +109,9 @@ def test_bf16_training_runs_validation_and_test(tmp_path):
 @pytest.mark.parametrize("native_bf16", [False, True])
 def test_bf16_on_a_cpu_without_native_bf16_warns(monkeypatch, tmp_path, native_bf16):
     from lightning_meta import SinusoidDataModule
-    from lightning_meta.algorithms import base
+    from lightning_meta.algorithms import learner
 
-    monkeypatch.setattr(base, "cpu_has_fast_bf16", lambda: native_bf16)
+    monkeypatch.setattr(learner, "cpu_has_fast_bf16", lambda: native_bf16)
     model = MAML(MLP(1, 1, (8,)), inner_lr=0.01, inner_steps=1)
     data = SinusoidDataModule(meta_batch_size=2, episodes_per_epoch=2, val_episodes=2, test_episodes=2)
     trainer = quiet_trainer(max_steps=1, limit_val_batches=0, precision="bf16-mixed", default_root_dir=tmp_path)

@@ -24,7 +24,6 @@ Reference:
 from __future__ import annotations
 
 import math
-import time
 from typing import Any, Optional, Sequence, Union
 
 import torch
@@ -110,7 +109,8 @@ class DomainAdversarial(MetaLearner):
         trainer.test(model, data)          # test/target_acc, test/source_acc
     """
 
-    adapts_with_gradients = False
+    evaluation_needs_grad = False
+    throughput_unit = "samples"
     has_batching_choice = False
 
     def __init__(
@@ -248,21 +248,13 @@ class DomainAdversarial(MetaLearner):
             raise FloatingPointError(
                 f"loss is not finite at global step {self.global_step}; training stopped before the update. Lower"
                 f" {FIELD}outer_lr or lambda_max, or set {FIELD}gradient_clip_val")
-        optimizer = self.optimizers()
-        optimizer.zero_grad()
-        self.manual_backward(terms["loss"])
-        optimizer.step()
-        self._step_schedulers("step")
+        self.outer_step(terms["loss"])
         size = int((domain == 0).sum())
         for name in ("loss", "class_loss", "domain_loss", "acc", "domain_acc"):
             self.log(f"train/{name}", terms[name].detach(), prog_bar=name in ("loss", "acc"), on_step=True,
                      on_epoch=False, batch_size=size)
         self.log("train/lambda", lambda_, on_step=True, on_epoch=False, batch_size=size)
-        now = time.perf_counter()
-        if self._last_step_end is not None:
-            self.log("train/samples_per_s", len(x) * self.trainer.world_size / max(now - self._last_step_end, 1e-9),
-                     on_step=True, on_epoch=False, batch_size=size)
-        self._last_step_end = now
+        self.log_values("train", {}, units=len(x))
         return terms["loss"].detach()
 
     @staticmethod

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import time
 from typing import Any, Optional
 
 import torch
@@ -122,7 +121,8 @@ class FineTuningBaseline(MetaLearner):
 
     #: Fine-tuning takes gradients, but on detached features in its own grad-enabled region (see the
     #: class docstring): the base need not enable gradients nor refuse inference mode.
-    adapts_with_gradients = False
+    evaluation_needs_grad = False
+    throughput_unit = "samples"
     has_batching_choice = False
 
     def __init__(
@@ -178,27 +178,12 @@ class FineTuningBaseline(MetaLearner):
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         x, y = supervised_batch(batch)
-        optimizer = self.optimizers()
-        accumulate = self.accumulate_grad_batches
-        step_now = (batch_idx + 1) % accumulate == 0 or self.trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
         logits = self(x)
         loss = F.cross_entropy(logits, y)
-        self.backward_losses(loss.reshape(1), 1 / accumulate, step_now)
-        if step_now:
-            optimizer.step()
-            optimizer.zero_grad()
-            self._step_schedulers("step")
-        self._log_supervised(loss.detach(), (logits.detach().argmax(1) == y).float().mean(), len(y))
+        self.outer_step(loss)
+        accuracy = (logits.detach().argmax(1) == y).float().mean()
+        self.log_values("train", {"loss": loss.detach(), "acc": accuracy}, units=len(y))
         return loss.detach()
-
-    def _log_supervised(self, loss: Tensor, accuracy: Tensor, size: int) -> None:
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=size)
-        self.log("train/acc", accuracy, prog_bar=True, on_step=True, on_epoch=False, batch_size=size)
-        now = time.perf_counter()
-        if self._last_step_end is not None:
-            self.log("train/samples_per_s", size * self.trainer.world_size / max(now - self._last_step_end, 1e-9),
-                     on_step=True, on_epoch=False, batch_size=size)
-        self._last_step_end = now
 
     # ------------------------------------------------------------------ meta-test: fine-tune a fresh head
     @contextlib.contextmanager

@@ -129,7 +129,7 @@ class MANN(MetaLearner):
         trainer.test(model, data)          # test/acc, test/acc_inst1, test/acc_inst2, ...
     """
 
-    adapts_with_gradients = False
+    evaluation_needs_grad = False
     has_batching_choice = False
 
     def __init__(
@@ -281,7 +281,7 @@ class MANN(MetaLearner):
                 **presentation_accuracy(correct, stream.presentation, self.report_instances)}
 
     # ------------------------------------------------------------------ training
-    def outer_backward(self, batch: TaskBatch, sync: bool = True, scale: float = 1.0) -> tuple[Tensor, Tensor]:
+    def outer_backward(self, batch: TaskBatch) -> tuple[Tensor, Tensor]:
         """The whole meta-batch through the network at once: cross-entropy over all positions of all
         streams, one ``manual_backward``.  Returns per-episode losses and the stream logits."""
         stream = self.stream(batch, "train")
@@ -289,7 +289,7 @@ class MANN(MetaLearner):
         losses = F.cross_entropy(logits.flatten(0, 1).float(), stream.y.flatten(),
                                  reduction="none").view(stream.y.shape).mean(1)
         self._train_stream = stream
-        return self.backward_losses(losses, scale / len(losses), sync), logits.detach()
+        return self.backpropagate(losses, scale=1 / len(losses)), logits.detach()
 
     def log_training(self, batch: TaskBatch, losses: Tensor, predictions: Tensor) -> None:
         stream = self._train_stream
@@ -309,9 +309,10 @@ class MANN(MetaLearner):
         stream = self.stream(batch, split)
         return self.stream_logits(stream.x, stream.previous)[..., :batch.ways].detach(), None
 
-    def episode_results(self, batch: TaskBatch, stage: str) -> dict[str, Tensor]:
+    def evaluate_tasks(self, batch: TaskBatch) -> dict[str, Tensor]:
         """:meth:`stream_scores` of the streams of ``batch``: ``loss``, ``acc`` and ``acc_inst{k}`` per episode."""
-        stream = self.stream(batch, stage)
+        validating = self._trainer is not None and (self.trainer.validating or self.trainer.sanity_checking)
+        stream = self.stream(batch, "val" if validating else "test")
         with torch.no_grad():
             logits = self.stream_logits(stream.x, stream.previous)[..., :batch.ways]
         return self.stream_scores(logits, stream)

@@ -108,7 +108,8 @@ class MetaLearnerLSTM(MetaLearner):
         batching: str = "loop",
         chunk_size: Optional[int] = None,
     ):
-        super().__init__(outer_lr, gradient_clip_val, accumulate_grad_batches, batching, chunk_size)
+        super().__init__(batching=batching, chunk_size=chunk_size, outer_lr=outer_lr, gradient_clip_val=gradient_clip_val,
+                         accumulate_grad_batches=accumulate_grad_batches)
         require_positive(FIELD + "inner_steps", inner_steps)
         optional_positive(FIELD + "test_inner_steps", test_inner_steps)
         optional_positive(FIELD + "inner_batch_size", inner_batch_size)

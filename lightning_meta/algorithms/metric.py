@@ -60,7 +60,7 @@ class MetricLearner(MetaLearner):
                     1, labels.expand(len(query), -1), similarity, "amax")
     """
 
-    adapts_with_gradients = False
+    evaluation_needs_grad = False
     has_batching_choice = False
 
     def __init__(
@@ -140,9 +140,9 @@ class MetricLearner(MetaLearner):
         features = self.embed(torch.cat([support_x, query_x]))
         return self.episode_loss(features[: len(support_x)], support_y, features[len(support_x):], query_y)
 
-    def outer_backward(self, batch: TaskBatch, sync: bool = True, scale: float = 1.0) -> tuple[Tensor, Tensor]:
+    def outer_backward(self, batch: TaskBatch) -> tuple[Tensor, Tensor]:
         if not self.embed_together:
-            return super().outer_backward(batch, sync, scale)
+            return super().outer_backward(batch)
         support_x, support_y, query_x, query_y = batch.tensors()
         tasks, shots, queries = batch.num_tasks, support_x.shape[1], query_x.shape[1]
         features = self.embed(torch.cat([support_x.flatten(0, 1), query_x.flatten(0, 1)]))
@@ -152,7 +152,7 @@ class MetricLearner(MetaLearner):
                    for i in range(tasks)]
         losses = torch.stack([loss for loss, _ in outputs])
         logits = torch.stack([logits for _, logits in outputs])
-        return self.backward_losses(losses, scale / tasks, sync), logits.detach()
+        return self.backpropagate(losses, scale=1 / tasks), logits.detach()
 
     def evaluate_task(self, support_x: Tensor, support_y: Tensor, query_x: Tensor,
                       query_y: Tensor) -> tuple[Tensor, None]:

@@ -173,7 +173,8 @@ class Reptile(MetaLearner):
         batching: str = "auto",
         chunk_size: Optional[int] = None,
     ):
-        super().__init__(outer_lr, gradient_clip_val, accumulate_grad_batches, batching, chunk_size)
+        super().__init__(batching=batching, chunk_size=chunk_size, outer_lr=outer_lr, gradient_clip_val=gradient_clip_val,
+                         accumulate_grad_batches=accumulate_grad_batches)
         require_positive(FIELD + "inner_lr", inner_lr, integer=False)
         require_positive(FIELD + "inner_steps", inner_steps)
         optional_positive(FIELD + "test_inner_steps", test_inner_steps)
@@ -320,8 +321,8 @@ class Reptile(MetaLearner):
             for a in addresses])
         return OrderedTasks(*batch.tensors(), index=batch.index, order=orders.to(batch.support_x.device))
 
-    def outer_backward(self, batch: TaskBatch, sync: bool = True, scale: float = 1.0) -> tuple[Tensor, Tensor]:
-        return super().outer_backward(self._with_order(batch, "train"), sync, scale)
+    def outer_backward(self, batch: TaskBatch) -> tuple[Tensor, Tensor]:
+        return super().outer_backward(self._with_order(batch, "train"))
 
     def evaluate_batch(self, batch: TaskBatch) -> tuple[Tensor, Optional[Tensor]]:
         return super().evaluate_batch(self._with_order(batch, "eval"))

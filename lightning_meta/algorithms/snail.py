@@ -191,7 +191,7 @@ class SNAIL(MetricLearner):
         order = self._order(None, len(support_y), support_y.device)
         super().process_support_set(support_x[order], support_y[order])
 
-    def outer_backward(self, batch: TaskBatch, sync: bool = True, scale: float = 1.0) -> tuple[Tensor, Tensor]:
+    def outer_backward(self, batch: TaskBatch) -> tuple[Tensor, Tensor]:
         """The meta-batch ``episodes_per_pass`` episodes at a time: one sequence-model call and one
         ``manual_backward`` per group (the DDP all-reduce with the last)."""
         support_x, support_y, query_x, query_y, order = self._with_orders(batch, "train").tensors()
@@ -200,7 +200,7 @@ class SNAIL(MetricLearner):
         for group in self.groups(count):
             group_losses, group_logits = self.group_objective(support_x[group], support_y[group], query_x[group],
                                                               query_y[group], order[group])
-            losses.append(self.backward_losses(group_losses, scale / count, sync and group.stop >= count))
+            losses.append(self.backpropagate(group_losses, scale=1 / count, last=group.stop >= count))
             logits.append(group_logits.detach())
         return torch.cat(losses), torch.cat(logits)
 

@@ -22,9 +22,9 @@ PATH_KEYS = ("best_model_path", "kth_best_model_path", "last_model_path")
 
 
 class BestCheckpoint(ModelCheckpoint):
-    """``best.ckpt`` (best ``val/acc``; ``val/mse`` for regression data) and ``last.ckpt``.
+    """``best.ckpt`` (best value of the learner's ``selection_metric``: ``val/acc``, ``val/mse`` on regression) and ``last.ckpt``.
 
-    The monitored metric follows the data module unless ``monitor`` is given.  Lightning writes
+    The monitored metric is the learner's (``resolve_selection``) unless ``monitor`` is given.  Lightning writes
     checkpoints atomically (to a temporary file, then a rename).  On top of ``ModelCheckpoint``:
 
     * ``last.ckpt`` is written whenever training stops: at the batch where ``max_steps``, ``max_time``
@@ -51,11 +51,11 @@ class BestCheckpoint(ModelCheckpoint):
         self._stopped_mid_epoch = False
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if self.automatic_monitor:
-            regression = bool(getattr(trainer.datamodule, "is_regression", False))
-            self.monitor = "val/mse" if regression else "val/acc"
-            self.mode = "min" if regression else "max"
-            self.kth_value = torch.tensor(float("inf") if regression else float("-inf"))
+        resolve = getattr(pl_module, "resolve_selection", None)
+        if self.automatic_monitor and resolve is not None:
+            metric, mode = resolve(getattr(trainer, "datamodule", None))
+            self.monitor, self.mode = f"val/{metric}", mode
+            self.kth_value = torch.tensor(float("inf") if mode == "min" else float("-inf"))
         super().setup(trainer, pl_module, stage)
         if self.dirpath is not None:
             self.dirpath = os.path.realpath(self.dirpath)
