@@ -53,10 +53,11 @@ def test_scores_are_in_the_unit_interval_and_probabilities_sum_to_one():
     model = warmed_up(small_model())
     batch = random_classification_batch(1, 5, 2, 3, (1, 28, 28))
     model.process_support_set(batch.support_x[0], batch.support_y[0])
-    scores = model(batch.query_x[0] * 4)
+    logits = model(batch.query_x[0] * 4)  # classify gives logits; the paper's relation scores are their sigmoid
+    scores = torch.sigmoid(logits)
     assert scores.shape == (15, 5)
     assert scores.min() >= 0 and scores.max() <= 1 and scores.std() > 0
-    probabilities = model.probabilities(scores)
+    probabilities = model.probabilities(logits)
     torch.testing.assert_close(probabilities.sum(-1), torch.ones(15))
     torch.testing.assert_close(probabilities, scores / scores.sum(-1, keepdim=True))
     # evaluation predictions are the log scores: logits whose softmax is `probabilities`
@@ -86,7 +87,7 @@ def test_k_shot_class_maps_are_sums_and_scores_are_the_concatenated_pairs():
     support_x, query_x = torch.randn(9, 1, 28, 28, dtype=torch.float64), torch.randn(4, 1, 28, 28, dtype=torch.float64)
     support_y = torch.tensor([2, 0, 1, 1, 2, 0, 0, 1, 2])
     model.process_support_set(support_x, support_y)
-    scores = model(query_x)
+    scores = torch.sigmoid(model(query_x))
     support, query = model.embedding(support_x), model.embedding(query_x)
     sums = torch.stack([support[support_y == c].sum(0) for c in range(3)])
     torch.testing.assert_close(model.support_state(support, support_y, 3), sums, rtol=1e-12, atol=1e-12)
@@ -125,7 +126,8 @@ def test_the_training_loss_is_the_mse_to_one_hot_relations():
     torch.manual_seed(0)
     model = small_model()
     batch = random_classification_batch(1, 4, 1, 3, (1, 28, 28))
-    loss, scores = model.training_objective(model.meta_parameters(), *batch[0])
+    loss, logits = model.training_objective(model.meta_parameters(), *batch[0])
+    scores = torch.sigmoid(logits)
     targets = torch.zeros(12, 4)
     targets[torch.arange(12), batch.query_y[0]] = 1
     torch.testing.assert_close(loss, ((scores - targets) ** 2).mean())

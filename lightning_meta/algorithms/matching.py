@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Optional
+from typing import Any, NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_meta.algorithms.base import FIELD
 from lightning_meta.algorithms.metric import MetricLearner
-from lightning_meta.errors import ConfigurationError, require_positive
+from lightning_meta.errors import MODEL_ARGS, ConfigurationError, require_positive
 
 
 class MatchingSupport(NamedTuple):
@@ -98,24 +97,21 @@ class MatchingNetwork(MetricLearner):
         temperature: float = 10.0,
         learn_temperature: bool = False,
         embed_together: bool = False,
-        outer_lr: float = 1e-3,
-        gradient_clip_val: Optional[float] = None,
-        accumulate_grad_batches: int = 1,
+        **kwargs: Any,
     ):
-        super().__init__(embedding, embed_together=embed_together, outer_lr=outer_lr,
-                         gradient_clip_val=gradient_clip_val, accumulate_grad_batches=accumulate_grad_batches)
+        super().__init__(embedding, embed_together=embed_together, **kwargs)
         if not isinstance(full_context_embeddings, bool):
             raise ConfigurationError(
-                f"{FIELD}full_context_embeddings={full_context_embeddings!r} must be true or false")
+                f"{MODEL_ARGS}full_context_embeddings={full_context_embeddings!r} must be true or false")
         if not isinstance(learn_temperature, bool):
-            raise ConfigurationError(f"{FIELD}learn_temperature={learn_temperature!r} must be true or false")
-        require_positive(FIELD + "fce_steps", fce_steps)
-        require_positive(FIELD + "temperature", temperature, integer=False)
+            raise ConfigurationError(f"{MODEL_ARGS}learn_temperature={learn_temperature!r} must be true or false")
+        require_positive(MODEL_ARGS + "fce_steps", fce_steps)
+        require_positive(MODEL_ARGS + "temperature", temperature, integer=False)
         if feature_dim is not None:
-            require_positive(FIELD + "feature_dim", feature_dim)
+            require_positive(MODEL_ARGS + "feature_dim", feature_dim)
         if full_context_embeddings and feature_dim is None:
             raise ConfigurationError(
-                f"{FIELD}feature_dim is required with {FIELD}full_context_embeddings=true (the LSTMs' width): set it "
+                f"{MODEL_ARGS}feature_dim is required with {MODEL_ARGS}full_context_embeddings=true (the LSTMs' width): set it "
                 "to the embedding's output width, e.g. 64 for Conv4 with 64 channels and max pooling on 28x28 "
                 "images, 1600 on 84x84 images")
         self.full_context_embeddings = full_context_embeddings
@@ -139,12 +135,7 @@ class MatchingNetwork(MetricLearner):
 
     # ------------------------------------------------------------------ embeddings
     def embed(self, x: Tensor) -> Tensor:
-        features = self.embedding(x).flatten(1)
-        if self.feature_dim is not None and features.shape[1] != self.feature_dim:
-            raise ConfigurationError(
-                f"the embedding outputs {features.shape[1]} features per example but {FIELD}feature_dim="
-                f"{self.feature_dim}: set {FIELD}feature_dim to {features.shape[1]}")
-        return features
+        return self.flat_features(x, self.feature_dim)
 
     def context_support(self, support_features: Tensor) -> Tensor:
         """``g(x_i, S)``: the bidirectional LSTM over the support sequence plus the skip connection."""

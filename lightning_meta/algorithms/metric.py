@@ -27,9 +27,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_meta.algorithms.base import FIELD, MetaLearner, support_set_ways
-from lightning_meta.errors import ConfigurationError
+from lightning_meta.algorithms.base import MetaLearner
+from lightning_meta.algorithms.support_prediction import support_set_ways
+from lightning_meta.errors import MODEL_ARGS, ConfigurationError
 from lightning_meta.models.backbone import build_module
+from lightning_meta.models.norm import evaluation_mode, require_norm_statistics
 from lightning_meta.tasks import TaskBatch
 
 
@@ -46,7 +48,8 @@ class MetricLearner(MetaLearner):
             BatchNorm then normalises over the meta-batch.  Off by default: on a 2-core CPU it was
             0.6-0.8x as fast and took 11x the memory (``python -m benchmarks.protonet_step``,
             Conv4, 5-way 1-shot, meta-batch 32); it may pay on a GPU, where a step is overhead-bound.
-        Remaining arguments: see :class:`~lightning_meta.algorithms.base.MetaLearner`.
+        Remaining arguments (``outer_lr``, ``gradient_clip_val``, ``accumulate_grad_batches``): see
+            :class:`~lightning_meta.algorithms.learner.Learner`.
 
     Example::
 
@@ -67,16 +70,15 @@ class MetricLearner(MetaLearner):
         self,
         embedding: nn.Module,
         embed_together: bool = False,
-        outer_lr: float = 1e-3,
-        gradient_clip_val: Optional[float] = None,
-        accumulate_grad_batches: int = 1,
+        **kwargs: Any,
     ):
-        super().__init__(outer_lr=outer_lr, gradient_clip_val=gradient_clip_val,
-                         accumulate_grad_batches=accumulate_grad_batches)
+        super().__init__(**kwargs)
         self.embedding = build_module(embedding)
         self.embed_together = embed_together
         self._support: Optional[Any] = None
-        require_running_statistics(self.embedding)
+        require_norm_statistics(self.embedding, running=True, field=MODEL_ARGS + "embedding",
+                                why="episodes are evaluated in eval() mode, so that an episode's predictions never"
+                                    " depend on the other images")
 
     # ------------------------------------------------------------------ the subclass contract
     def support_state(self, support_features: Tensor, support_y: Tensor, ways: int) -> Any:
@@ -112,7 +114,7 @@ class MetricLearner(MetaLearner):
 
     def task_logits(self, support_features: Tensor, support_y: Tensor, query_features: Tensor) -> Tensor:
         """Query logits of one task from its embedded support and query sets."""
-        ways = int(support_y.max()) + 1
+        ways = int(support_y.max()) + 1  # labels checked by the data module or support_set_ways
         return self.classify(self.support_state(support_features, support_y, ways), query_features)
 
     def process_support_set(self, support_x: Tensor, support_y: Tensor) -> None:
@@ -159,23 +161,18 @@ class MetricLearner(MetaLearner):
         logits = self.task_logits(self.embed(support_x), support_y, self.embed(query_x))
         return logits.detach(), None
 
-    def probe(self, x: Tensor) -> None:
-        training = self.embedding.training
-        self.embedding.eval()  # a forward in training mode would move the running statistics
-        try:
-            self.embed(x)
-        finally:
-            self.embedding.train(training)
-        return None
-
-
-def require_running_statistics(embedding: nn.Module) -> None:
-    """Refuse BatchNorm layers without running statistics (evaluation would be transductive)."""
-    for name, module in embedding.named_modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm) and not module.track_running_stats:
+    def flat_features(self, x: Tensor, feature_dim: Optional[int]) -> Tensor:
+        """The embedding of ``x`` flattened to ``[n, D]``, refusing a width other than ``feature_dim`` (the
+        width the learner's own layers were built for; ``None``: any)."""
+        features = self.embedding(x).flatten(1)
+        if feature_dim is not None and features.shape[1] != feature_dim:
             raise ConfigurationError(
-                f"the embedding's BatchNorm '{name}' has no running statistics, so in evaluation it would "
-                "normalise with each batch's statistics and an episode's predictions would depend on the other "
-                f"images: set batch_norm_stats: running on the backbone ({FIELD}embedding.init_args."
-                "batch_norm_stats) or use track_running_stats=True")
+                f"the embedding outputs {features.shape[1]} features per example but {MODEL_ARGS}feature_dim="
+                f"{feature_dim}: set {MODEL_ARGS}feature_dim to {features.shape[1]}")
+        return features
+
+    def probe(self, x: Tensor) -> None:
+        with evaluation_mode(self.embedding):  # a forward in training mode would move the running statistics
+            self.embed(x)
+        return None
 

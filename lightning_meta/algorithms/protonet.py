@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_meta.algorithms.base import FIELD
 from lightning_meta.algorithms.metric import MetricLearner
-from lightning_meta.errors import ConfigurationError, require_positive
+from lightning_meta.errors import MODEL_ARGS, require_choice, require_positive
 
-DISTANCES = ("euclidean", "cosine")
+Distance = Literal["euclidean", "cosine"]
 
 
 class PrototypicalNetwork(MetricLearner):
@@ -50,18 +49,14 @@ class PrototypicalNetwork(MetricLearner):
     def __init__(
         self,
         embedding: nn.Module,
-        distance: str = "euclidean",
+        distance: Distance = "euclidean",
         temperature: float = 10.0,
         embed_together: bool = False,
-        outer_lr: float = 1e-3,
-        gradient_clip_val: Optional[float] = None,
-        accumulate_grad_batches: int = 1,
+        **kwargs: Any,
     ):
-        super().__init__(embedding, embed_together=embed_together, outer_lr=outer_lr,
-                         gradient_clip_val=gradient_clip_val, accumulate_grad_batches=accumulate_grad_batches)
-        if distance not in DISTANCES:
-            raise ConfigurationError(f"{FIELD}distance={distance!r} is unknown: choose one of {', '.join(DISTANCES)}")
-        require_positive(FIELD + "temperature", temperature, integer=False)
+        super().__init__(embedding, embed_together=embed_together, **kwargs)
+        require_choice(MODEL_ARGS + "distance", distance, Distance)
+        require_positive(MODEL_ARGS + "temperature", temperature, integer=False)
         self.distance = distance
         self.temperature = temperature
 

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_meta.algorithms.base import FIELD
 from lightning_meta.algorithms.metric import MetricLearner
-from lightning_meta.errors import ConfigurationError, require_positive
+from lightning_meta.errors import MODEL_ARGS, ConfigurationError, require_positive
+from lightning_meta.models.norm import evaluation_mode
 from lightning_meta.models.relation import RelationModule, block_output_size
 
 
@@ -81,16 +81,13 @@ class RelationNetwork(MetricLearner):
         relation_features: int = 8,
         relation_padding: Optional[int] = None,
         embed_together: bool = False,
-        outer_lr: float = 1e-3,
-        gradient_clip_val: Optional[float] = None,
-        accumulate_grad_batches: int = 1,
+        **kwargs: Any,
     ):
-        super().__init__(embedding, embed_together=embed_together, outer_lr=outer_lr,
-                         gradient_clip_val=gradient_clip_val, accumulate_grad_batches=accumulate_grad_batches)
-        require_positive(FIELD + "relation_channels", relation_channels)
-        require_positive(FIELD + "relation_features", relation_features)
+        super().__init__(embedding, embed_together=embed_together, **kwargs)
+        require_positive(MODEL_ARGS + "relation_channels", relation_channels)
+        require_positive(MODEL_ARGS + "relation_features", relation_features)
         if relation_padding is not None:
-            require_positive(FIELD + "relation_padding", relation_padding, allow_zero=True)
+            require_positive(MODEL_ARGS + "relation_padding", relation_padding, allow_zero=True)
         self.feature_shape = self._feature_shape(input_shape)
         self._check_relation_size(relation_padding)
         self.relation = RelationModule(self.feature_shape, relation_channels, relation_features, relation_padding)
@@ -106,23 +103,19 @@ class RelationNetwork(MetricLearner):
             if "in_channels" not in args or "image_size" not in args:
                 raise ConfigurationError(
                     f"RelationNetwork cannot tell the size of the {type(self.embedding).__name__} embedding's feature "
-                    f"maps, which sizes the relation module: set {FIELD}input_shape to the images' [channels, height,"
+                    f"maps, which sizes the relation module: set {MODEL_ARGS}input_shape to the images' [channels, height,"
                     " width], e.g. [1, 28, 28]")
             input_shape = [args["in_channels"], args["image_size"], args["image_size"]]
         shape = list(input_shape)
         if len(shape) != 3 or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape):
-            raise ConfigurationError(f"{FIELD}input_shape={input_shape!r} is invalid: it must be three positive "
+            raise ConfigurationError(f"{MODEL_ARGS}input_shape={input_shape!r} is invalid: it must be three positive "
                                      "integers [channels, height, width]")
-        training = self.embedding.training
-        self.embedding.eval()  # a forward in training mode would move the running statistics
         try:
-            with torch.no_grad():
-                output = self.embedding(torch.zeros(2, *shape))
+            with torch.no_grad(), evaluation_mode(self.embedding) as embedding:
+                output = embedding(torch.zeros(2, *shape))
         except RuntimeError as error:
-            raise ConfigurationError(f"the embedding cannot take inputs of shape {shape} ({FIELD}input_shape or the "
+            raise ConfigurationError(f"the embedding cannot take inputs of shape {shape} ({MODEL_ARGS}input_shape or the "
                                      f"embedding's in_channels/image_size): {error}") from error
-        finally:
-            self.embedding.train(training)
         return self._require_map(output.shape, f"inputs of shape {shape}")
 
     def _require_map(self, shape: torch.Size, source: str) -> tuple[int, int, int]:
@@ -131,7 +124,7 @@ class RelationNetwork(MetricLearner):
                 f"RelationNetwork compares feature maps [channels, height, width], but the "
                 f"{type(self.embedding).__name__} embedding outputs {list(shape[1:])} per image ({source}): a "
                 "flattened or pooled vector. Use lightning_meta.models.relation.RelationEmbedding (the paper's "
-                f"embedding module) for {FIELD}embedding, or any embedding that ends with a convolutional block")
+                f"embedding module) for {MODEL_ARGS}embedding, or any embedding that ends with a convolutional block")
         return int(shape[1]), int(shape[2]), int(shape[3])
 
     def _check_relation_size(self, padding: Optional[int]) -> None:
@@ -143,22 +136,18 @@ class RelationNetwork(MetricLearner):
         if side < 1:
             raise ConfigurationError(
                 f"the embedding's {height}x{width} feature maps vanish in the relation module's two conv (padding "
-                f"{chosen}) and 2x2 max-pool blocks: set {FIELD}relation_padding to 1 (or leave it null), or use "
+                f"{chosen}) and 2x2 max-pool blocks: set {MODEL_ARGS}relation_padding to 1 (or leave it null), or use "
                 "larger images or an embedding that downsamples less")
 
     def probe(self, x: Tensor) -> None:
         """Refuse data whose feature maps differ from those the relation module was sized for."""
-        training = self.embedding.training
-        self.embedding.eval()
-        try:
+        with evaluation_mode(self.embedding):
             shape = tuple(self.embed(x).shape[1:])
-        finally:
-            self.embedding.train(training)
         if shape != self.feature_shape:
             raise ConfigurationError(
                 f"the data's images of shape {list(x.shape[1:])} give feature maps {list(shape)}, but the relation "
                 f"module was sized for {list(self.feature_shape)}: set the embedding's image_size/in_channels "
-                f"({FIELD}embedding.init_args) or {FIELD}input_shape to the data's images")
+                f"({MODEL_ARGS}embedding.init_args) or {MODEL_ARGS}input_shape to the data's images")
         return None
 
     # ------------------------------------------------------------------ the MetricLearner hooks
@@ -169,28 +158,25 @@ class RelationNetwork(MetricLearner):
     def support_state(self, support_features: Tensor, support_y: Tensor, ways: int) -> Tensor:
         return self.class_maps(support_features, support_y, ways)
 
-    def relation_logits(self, state: Tensor, query_features: Tensor) -> Tensor:
-        """Relation logits ``[M, ways]`` (before the sigmoid) of the query maps against the class maps."""
+    def classify(self, state: Tensor, query_features: Tensor) -> Tensor:
+        """Relation logits ``[M, ways]`` of the query maps against the class maps: the relation score of
+        the paper is their sigmoid."""
         return self.relation(state, query_features)
 
-    def classify(self, state: Tensor, query_features: Tensor) -> Tensor:
-        """Relation scores ``[M, ways]`` in ``[0, 1]``."""
-        return torch.sigmoid(self.relation_logits(state, query_features))
-
     def task_loss(self, logits: Tensor, query_y: Tensor) -> Tensor:
-        """Mean squared error between the relation scores and the one-hot relation targets (the paper's)."""
+        """Mean squared error between the relation scores (sigmoid of the logits) and the one-hot relation
+        targets (the paper's)."""
         targets = F.one_hot(query_y, logits.shape[-1]).to(logits.dtype)
-        return F.mse_loss(logits, targets)
+        return F.mse_loss(torch.sigmoid(logits), targets)
 
     def probabilities(self, logits: Tensor) -> Tensor:
         """The relation scores normalised to sum to one over the classes (uniform if all are zero)."""
-        scores = logits.clamp_min(torch.finfo(logits.dtype).tiny)
+        scores = torch.sigmoid(logits).clamp_min(torch.finfo(logits.dtype).tiny)
         return scores / scores.sum(-1, keepdim=True)
 
     def evaluate_task(self, support_x: Tensor, support_y: Tensor, query_x: Tensor,
                       query_y: Tensor) -> tuple[Tensor, None]:
-        """Log relation scores ``[M, ways]``: logits whose softmax is :meth:`probabilities`."""
-        support_features = self.embed(support_x)
-        ways = int(support_y.max()) + 1
-        state = self.support_state(support_features, support_y, ways)
-        return F.logsigmoid(self.relation_logits(state, self.embed(query_x))).detach(), None
+        """Log relation scores ``[M, ways]``: predictions whose softmax is :meth:`probabilities` (and whose
+        cross-entropy, the reported ``loss``, is that of the normalised scores)."""
+        logits, _ = super().evaluate_task(support_x, support_y, query_x, query_y)
+        return F.logsigmoid(logits), None

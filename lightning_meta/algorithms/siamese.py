@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_meta.algorithms.base import FIELD
 from lightning_meta.algorithms.metric import MetricLearner
-from lightning_meta.errors import ConfigurationError, require_positive
+from lightning_meta.errors import MODEL_ARGS, require_positive
 
 
 class SiameseSupport(NamedTuple):
@@ -75,23 +74,15 @@ class SiameseNetwork(MetricLearner):
         embedding: nn.Module,
         feature_dim: int,
         embed_together: bool = False,
-        outer_lr: float = 1e-3,
-        gradient_clip_val: Optional[float] = None,
-        accumulate_grad_batches: int = 1,
+        **kwargs: Any,
     ):
-        super().__init__(embedding, embed_together=embed_together, outer_lr=outer_lr,
-                         gradient_clip_val=gradient_clip_val, accumulate_grad_batches=accumulate_grad_batches)
-        require_positive(FIELD + "feature_dim", feature_dim)
+        super().__init__(embedding, embed_together=embed_together, **kwargs)
+        require_positive(MODEL_ARGS + "feature_dim", feature_dim)
         self.feature_dim = feature_dim
         self.scorer = nn.Linear(feature_dim, 1)
 
     def embed(self, x: Tensor) -> Tensor:
-        features = self.embedding(x).flatten(1)
-        if features.shape[1] != self.feature_dim:
-            raise ConfigurationError(
-                f"the embedding outputs {features.shape[1]} features per example but {FIELD}feature_dim="
-                f"{self.feature_dim}: set {FIELD}feature_dim to {features.shape[1]}")
-        return features
+        return self.flat_features(x, self.feature_dim)
 
     def pair_logits(self, first: Tensor, second: Tensor) -> Tensor:
         """Same-class logits ``[M, S]`` of every pair of embeddings ``first [M, D]`` x ``second [S, D]``."""
