@@ -101,7 +101,7 @@ def test_support_order_is_per_episode_and_an_episode_is_the_same_in_any_batch():
     model = small_snail().eval()
     first, mixed = episode_alone_and_among_others(model, (1, 16, 16))
     torch.testing.assert_close(first[2], mixed[2], rtol=0, atol=1e-6)
-    orders = model._with_orders(random_classification_batch(4, 5, 1, 1, (1, 16, 16)), "train").order
+    orders = model.episode_orders(random_classification_batch(4, 5, 1, 1, (1, 16, 16)), 5, "train")
     assert len({tuple(o.tolist()) for o in orders}) == 4  # four episodes, four orders
     assert all(sorted(o.tolist()) == list(range(5)) for o in orders)
 

@@ -37,20 +37,20 @@ from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.utilities import rank_zero_warn
 from torch import Tensor, nn
 
-from lightning_meta.algorithms.base import FIELD, MetaLearner
-from lightning_meta.algorithms.metric import require_running_statistics
-from lightning_meta.data.sequences import LabelStream, episode_permutations, label_stream
-from lightning_meta.errors import ConfigurationError, require_positive
+from lightning_meta.algorithms.sequence import SequenceLearner, Split
+from lightning_meta.data.sequences import LabelStream, label_stream
+from lightning_meta.errors import MODEL_ARGS, ConfigurationError, require_positive
 from lightning_meta.metrics import presentation_accuracy
-from lightning_meta.models.backbone import build_module
-from lightning_meta.models.memory import LRUAMemory, MemoryState
+from lightning_meta.models.memory import LRUAMemory, MemoryState, repeat_state, unroll
 from lightning_meta.models.shapes import feature_width, input_shape_of
 from lightning_meta.tasks import TaskBatch
 
 INSTANCES = (1, 2, 3, 5, 10)
 
+RecurrentState = tuple[Any, Optional[MemoryState], Tensor]
 
-class MANN(MetaLearner):
+
+class MANN(SequenceLearner):
     """Memory-augmented neural network: an LSTM controller with an LRUA external memory, on label streams.
 
     Each training episode (a :class:`~lightning_meta.tasks.TaskBatch` task, ``ways`` classes x
@@ -85,8 +85,8 @@ class MANN(MetaLearner):
             (the Neural Turing Machine's sharpening).  Measured on 15- and 20-step hanzi and synthetic
             streams, it did not make binding start sooner (see "Training cost"): the paper's default.
         report_instances: the presentations ``k`` whose accuracy is reported as ``acc_inst{k}``.
-        stream_seed: salt of the stream orders (with the episode's address).
-        Remaining arguments: see :class:`~lightning_meta.algorithms.base.MetaLearner`.
+        stream_seed: salt of the stream orders (with the episode's address; ``order_seed``).
+        Remaining arguments: see :class:`~lightning_meta.algorithms.sequence.SequenceLearner`.
 
     Training cost: MANN first learns to use the delayed labels (the 1st presentation of a class is
     guessed among the classes not yet shown: about 45% instead of 20% with 5 classes, 60% instead of 33%
@@ -129,9 +129,6 @@ class MANN(MetaLearner):
         trainer.test(model, data)          # test/acc, test/acc_inst1, test/acc_inst2, ...
     """
 
-    evaluation_needs_grad = False
-    has_batching_choice = False
-
     def __init__(
         self,
         ways: int = 5,
@@ -145,40 +142,34 @@ class MANN(MetaLearner):
         key_strength: bool = False,
         report_instances: Sequence[int] = INSTANCES,
         stream_seed: int = 0,
-        outer_lr: float = 1e-3,
-        gradient_clip_val: Optional[float] = None,
-        accumulate_grad_batches: int = 1,
+        **kwargs: Any,
     ):
-        super().__init__(outer_lr=outer_lr, gradient_clip_val=gradient_clip_val,
-                         accumulate_grad_batches=accumulate_grad_batches)
-        require_positive(FIELD + "ways", ways)
-        require_positive(FIELD + "controller_size", controller_size)
-        require_positive(FIELD + "memory_slots", memory_slots, allow_zero=True)
+        super().__init__(ways=ways, embedding=embedding, **kwargs)
+        require_positive(MODEL_ARGS + "controller_size", controller_size)
+        require_positive(MODEL_ARGS + "memory_slots", memory_slots, allow_zero=True)
         if memory_slots:
-            require_positive(FIELD + "memory_width", memory_width)
-            require_positive(FIELD + "read_heads", read_heads)
+            require_positive(MODEL_ARGS + "memory_width", memory_width)
+            require_positive(MODEL_ARGS + "read_heads", read_heads)
             if read_heads > memory_slots:
                 raise ConfigurationError(
-                    f"{FIELD}read_heads={read_heads} exceeds {FIELD}memory_slots={memory_slots}: each step writes to "
-                    f"the read_heads least-used slots, so give at least {read_heads} slots (or fewer heads)")
+                    f"{MODEL_ARGS}read_heads={read_heads} exceeds {MODEL_ARGS}memory_slots={memory_slots}: each step"
+                    f" writes to the read_heads least-used slots, so give at least {read_heads} slots (or fewer heads)")
         if not (isinstance(usage_decay, (int, float)) and 0.0 <= usage_decay <= 1.0):
-            raise ConfigurationError(f"{FIELD}usage_decay={usage_decay!r} is invalid: it must lie in [0, 1]")
+            raise ConfigurationError(f"{MODEL_ARGS}usage_decay={usage_decay!r} is invalid: it must lie in [0, 1]")
         if not isinstance(key_strength, bool):
-            raise ConfigurationError(f"{FIELD}key_strength={key_strength!r} must be true or false")
+            raise ConfigurationError(f"{MODEL_ARGS}key_strength={key_strength!r} must be true or false")
         instances = list(report_instances)
         for k in instances:
-            require_positive(f"{FIELD}report_instances entry", k)
+            require_positive(f"{MODEL_ARGS}report_instances entry", k)
         if not isinstance(stream_seed, int) or isinstance(stream_seed, bool):
-            raise ConfigurationError(f"{FIELD}stream_seed={stream_seed!r} must be an integer")
-        self.ways = ways
+            raise ConfigurationError(f"{MODEL_ARGS}stream_seed={stream_seed!r} must be an integer")
         self.controller_size = controller_size
         self.report_instances = sorted(set(instances))
-        self.stream_seed = stream_seed
-        self.embedding: Optional[nn.Module] = None if embedding is None else build_module(embedding)
-        if self.embedding is not None:
-            require_running_statistics(self.embedding)
-        self.input_shape = input_shape_of(self.embedding, input_shape, FIELD + "embedding")
-        features = feature_width(self.embedding, self.input_shape, FIELD + "embedding", forward=self.embed)
+        self.summary_names = ("acc", *(f"acc_inst{k}" for k in self.report_instances), "loss")
+        self.order_seed = stream_seed
+        self.input_shape = input_shape_of(self.embedding, input_shape, MODEL_ARGS + "embedding")
+        self.input_features = feature_width(self.embedding, self.input_shape, MODEL_ARGS + "embedding",
+                                            forward=self.embed)
         if memory_slots:
             self.memory: Optional[LRUAMemory] = LRUAMemory(memory_slots, memory_width, read_heads, gamma=usage_decay)
             self.read_width = read_heads * memory_width
@@ -188,9 +179,8 @@ class MANN(MetaLearner):
             self.memory, self.read_width, self.key_layer, self.gate_layer = None, 0, None, None
         self.strength_layer: Optional[nn.Linear] = (nn.Linear(controller_size, read_heads)
                                                     if memory_slots and key_strength else None)
-        self.controller = self.build_controller(features + ways + self.read_width, controller_size)
+        self.controller = self.build_controller(self.input_features + ways + self.read_width, controller_size)
         self.output_layer = nn.Linear(controller_size + self.read_width, ways)
-        self._train_stream: Optional[LabelStream] = None
 
     # ------------------------------------------------------------------ hooks
     def build_controller(self, input_size: int, hidden_size: int) -> nn.Module:
@@ -204,20 +194,15 @@ class MANN(MetaLearner):
         h, c = self.controller(inputs, state)
         return h, (h, c)
 
-    def embed(self, x: Tensor) -> Tensor:
-        """Features ``[n, features]`` of inputs ``[n, ...]`` (the flattened inputs without embedding)."""
-        return x.flatten(1) if self.embedding is None else self.embedding(x)
-
     # ------------------------------------------------------------------ the network
-    def initial_state(self, batch_size: int, reference: Tensor) -> tuple[Any, Optional[MemoryState], Tensor]:
+    def initial_state(self, batch_size: int, reference: Tensor) -> RecurrentState:
         """The state before the first step of ``batch_size`` streams: no controller state, an empty
         memory per stream, no reads (on ``reference``'s device and dtype)."""
         memory = None if self.memory is None else self.memory.initial_state(batch_size, reference.device,
                                                                               reference.dtype)
         return None, memory, reference.new_zeros(batch_size, self.read_width)
 
-    def step(self, inputs: Tensor, state: tuple[Any, Optional[MemoryState], Tensor]
-             ) -> tuple[Tensor, tuple[Any, Optional[MemoryState], Tensor]]:
+    def step(self, inputs: Tensor, state: RecurrentState) -> tuple[Tensor, RecurrentState]:
         """One step: ``inputs [B, features + ways]`` (embedding and delayed one-hot label) to the output
         features ``[h_t, r_t]`` ``[B, controller_size + read_width]`` and the next state."""
         controller_state, memory_state, reads = state
@@ -233,43 +218,30 @@ class MANN(MetaLearner):
     def step_inputs(self, x: Tensor, previous: Tensor) -> Tensor:
         """The controller inputs ``[B, T, features + ways]`` of streams ``x [B, T, ...]`` with the
         previous labels ``previous [B, T]`` (``-1``: none, a zero one-hot)."""
-        if previous.numel() and int(previous.max()) >= self.ways:
-            raise ValueError(f"{type(self).__name__}: a stream has label {int(previous.max())} but the model has "
-                             f"{self.ways} classes ({FIELD}ways): give episodes of at most {self.ways} classes")
-        batch, steps = previous.shape
-        if self.training and self.embedding is not None:  # BatchNorm over one stream's images, as per episode
-            features = torch.stack([self.embed(stream) for stream in x])
-        else:  # in eval() mode every image is embedded on its own: one pass
-            features = self.embed(x.flatten(0, 1)).unflatten(0, (batch, steps))
-        labels = F.one_hot(previous.clamp(min=0), self.ways).to(features.dtype) * (previous >= 0).unsqueeze(-1)
-        return torch.cat([features, labels], -1)
+        features = self.embed_episodes(x)
+        if features.shape[-1] != self.input_features:
+            raise RuntimeError(
+                f"inputs of shape {list(x.shape[2:])} give {features.shape[-1]} features but the controller takes"
+                f" {self.input_features}, sized for {MODEL_ARGS}input_shape={self.input_shape} (and the embedding)")
+        return torch.cat([features, self.label_inputs(previous, features.dtype)], -1)
 
     def stream_logits(self, x: Tensor, previous: Tensor) -> Tensor:
         """Logits ``[B, T, ways]`` of streams ``x [B, T, ...]`` whose step ``t`` also sees the label
         ``previous[:, t]`` (``-1``: none).  Each stream has its own memory, wiped at its start."""
         inputs = self.step_inputs(x, previous)
-        state = self.initial_state(inputs.shape[0], inputs)
-        outputs = []
-        for t in range(inputs.shape[1]):
-            output, state = self.step(inputs[:, t], state)
-            outputs.append(output)
-        return self.output_layer(torch.stack(outputs, 1))
+        outputs, _ = unroll(self.step, inputs, self.initial_state(inputs.shape[0], inputs))
+        return self.output_layer(outputs)
 
     def forward(self, x: Tensor, previous: Tensor) -> Tensor:
         """:meth:`stream_logits`."""
         return self.stream_logits(x, previous)
 
     # ------------------------------------------------------------------ streams
-    def stream(self, batch: TaskBatch, split: str) -> LabelStream:
-        """The labelled streams of ``batch`` (support and query pooled, shuffled by episode address)."""
-        if batch.is_regression:
-            raise ValueError(f"{type(self).__name__} classifies: float targets mean regression")
+    def stream(self, batch: TaskBatch, split: Split) -> LabelStream:
+        """The labelled streams of ``batch``: support and query pooled, in the episodes' orders
+        (:meth:`~lightning_meta.algorithms.sequence.SequenceLearner.episode_orders` of ``split``)."""
         length = batch.support_x.shape[1] + batch.query_x.shape[1]
-        training = split == "train"
-        order = episode_permutations(batch, length, salt=self.stream_seed, split=split,
-                                     epoch=self.current_epoch if training else None,
-                                     fallback_start=self.global_step * batch.num_tasks if training else 0)
-        return label_stream(batch, order)
+        return label_stream(batch, self.episode_orders(batch, length, split))
 
     def stream_scores(self, logits: Tensor, stream: LabelStream) -> dict[str, Tensor]:
         """Per-episode ``loss``, ``acc`` (all positions) and ``acc_inst{k}`` (k-th presentation of a
@@ -280,39 +252,20 @@ class MANN(MetaLearner):
         return {"loss": loss.mean(1), "acc": correct.mean(1),
                 **presentation_accuracy(correct, stream.presentation, self.report_instances)}
 
-    # ------------------------------------------------------------------ training
-    def outer_backward(self, batch: TaskBatch) -> tuple[Tensor, Tensor]:
+    # ------------------------------------------------------------------ training and evaluation
+    def training_step(self, batch: TaskBatch, batch_idx: int) -> Tensor:
         """The whole meta-batch through the network at once: cross-entropy over all positions of all
-        streams, one ``manual_backward``.  Returns per-episode losses and the stream logits."""
+        streams, one outer step; logs ``train/loss``, ``train/acc`` (all positions) and ``train/acc_inst{k}``."""
         stream = self.stream(batch, "train")
-        logits = self.stream_logits(stream.x, stream.previous)
-        losses = F.cross_entropy(logits.flatten(0, 1).float(), stream.y.flatten(),
-                                 reduction="none").view(stream.y.shape).mean(1)
-        self._train_stream = stream
-        return self.backpropagate(losses, scale=1 / len(losses)), logits.detach()
-
-    def log_training(self, batch: TaskBatch, losses: Tensor, predictions: Tensor) -> None:
-        stream = self._train_stream
-        assert stream is not None
-        # the base logs train/loss, train/acc (here over all positions of the streams) and tasks/s
-        as_batch = TaskBatch(stream.x, stream.y, stream.x, stream.y, index=batch.index)
-        super().log_training(as_batch, losses, predictions)
-        scores = self.stream_scores(predictions, stream)
-        for name, value in scores.items():
-            if name.startswith("acc_inst"):
-                self.log(f"train/{name}", value.mean(), on_step=True, on_epoch=False, batch_size=batch.num_tasks)
-
-    # ------------------------------------------------------------------ evaluation
-    def evaluate_batch(self, batch: TaskBatch, split: str = "test") -> tuple[Tensor, None]:
-        """Logits ``[B, T, ways']`` of every step of the streams of ``batch`` (``ways'``: the batch's
-        classes) and ``None`` (no "before adaptation")."""
-        stream = self.stream(batch, split)
-        return self.stream_logits(stream.x, stream.previous)[..., :batch.ways].detach(), None
+        scores = self.stream_scores(self.stream_logits(stream.x, stream.previous), stream)
+        loss = scores["loss"].mean()
+        self.outer_step(loss)
+        self.log_values("train", {name: value.detach() for name, value in scores.items()}, units=batch.num_tasks)
+        return loss.detach()
 
     def evaluate_tasks(self, batch: TaskBatch) -> dict[str, Tensor]:
         """:meth:`stream_scores` of the streams of ``batch``: ``loss``, ``acc`` and ``acc_inst{k}`` per episode."""
-        validating = self._trainer is not None and (self.trainer.validating or self.trainer.sanity_checking)
-        stream = self.stream(batch, "val" if validating else "test")
+        stream = self.stream(batch, self.evaluation_split())
         with torch.no_grad():
             logits = self.stream_logits(stream.x, stream.previous)[..., :batch.ways]
         return self.stream_scores(logits, stream)
@@ -322,6 +275,7 @@ class MANN(MetaLearner):
         return [f"acc_inst{k}" for k in self.report_instances if f"acc_inst{k}" in summary]
 
     def log_results(self, stage: str) -> dict[str, tuple[float, float]]:
+        """Also plot the accuracy at the k-th presentation of a class in W&B (a line per stage)."""
         summary = super().log_results(stage)
         names = self.instance_names(summary)
         if names:
@@ -335,96 +289,35 @@ class MANN(MetaLearner):
                         table, "instance", "accuracy", title=f"{stage}: accuracy at the k-th presentation of a class")})
         return summary
 
-    def summary_order(self, summary: dict[str, tuple[float, float]]) -> Sequence[str]:
-        return ("acc", *self.instance_names(summary), "loss")
-
     # ------------------------------------------------------------------ prediction
     def evaluate_task(self, support_x: Tensor, support_y: Tensor, query_x: Tensor,
                       query_y: Tensor) -> tuple[Tensor, None]:
-        """Query logits ``[M, ways]`` of one task: the support set as a labelled stream (shuffled by
-        ``stream_seed``), then each query as its own one-step continuation of that stream (so a query
-        never sees another query).  Used by :meth:`predict_task` and ``predict``."""
-        order = torch.randperm(len(support_y), generator=torch.Generator().manual_seed(self.stream_seed))
-        order = order.to(support_y.device)
+        """Query logits ``[M, ways]`` of one task: the support set as a labelled stream (in
+        :meth:`~lightning_meta.algorithms.sequence.SequenceLearner.task_order`), then each query as its own
+        one-step continuation of that stream (so a query never sees another query).  Used by
+        :meth:`predict_task` and ``predict``."""
+        order = self.task_order(len(support_y), support_y.device)
         support_x, support_y = support_x[order], support_y[order]
         previous = torch.cat([support_y.new_full((1,), -1), support_y[:-1]]).unsqueeze(0)
         inputs = self.step_inputs(support_x.unsqueeze(0), previous)
-        state = self.initial_state(1, inputs)
-        for t in range(inputs.shape[1]):
-            _, state = self.step(inputs[:, t], state)
+        _, state = unroll(self.step, inputs, self.initial_state(1, inputs))
         queries = len(query_x)
-        state = _repeat(state, queries)
         last = support_y[-1:].expand(queries).unsqueeze(1)
-        query_inputs = self.step_inputs(query_x.unsqueeze(1), last)[:, 0]
-        output, _ = self.step(query_inputs, state)
+        output, _ = self.step(self.step_inputs(query_x.unsqueeze(1), last)[:, 0], repeat_state(state, queries))
         return self.output_layer(output).detach(), None
-
-    def probe(self, x: Tensor) -> Tensor:
-        """Logits of ``x`` as one unlabelled stream, in ``eval()`` mode (input shapes and the label space)."""
-        training = self.training
-        self.eval()
-        try:
-            return self.stream_logits(x.unsqueeze(0), torch.full((1, len(x)), -1, device=x.device))[0]
-        finally:
-            self.train(training)
-
-    def check_prediction_classes(self, support_x: Tensor, ways: int, source: str) -> None:
-        if ways > self.ways:
-            raise ConfigurationError(
-                f"{source} has {ways} classes but the model's label space has {self.ways} ({FIELD}ways, fixed by"
-                f" training): give at most {self.ways} classes, or train a model with ways >= {ways}")
-        super().check_prediction_classes(support_x, ways, source)
 
     # ------------------------------------------------------------------ checks
     def check_data(self, datamodule: Any, split: str) -> None:
-        """Fail before training or testing when the episodes cannot be streamed through this model:
-        more classes than ``ways`` (in any split the stage will see), inputs of the wrong shape."""
-        if getattr(datamodule, "is_regression", False):
-            raise ConfigurationError(f"{type(self).__name__} classifies, but {type(datamodule).__name__} serves "
-                                     "regression tasks: use an image data module")
-        if getattr(datamodule, "train_batches", "episodes") != "episodes":
-            raise ConfigurationError(f"{type(self).__name__} trains on episodes (label streams), not on supervised "
-                                     "batches: set data.init_args.train_batches: episodes")
-        splits = ("train", "val") if split == "train" else (split,)
-        for name in splits:
-            ways, shots, queries = datamodule.setting(name)
-            prefix = "" if name == "train" else "test_"
-            if ways > self.ways:
-                raise ConfigurationError(
-                    f"data.init_args.{prefix}ways={ways} exceeds the model's label space: {FIELD}ways={self.ways} "
-                    f"sizes the label input and the output layer (fixed by training). Set {prefix}ways <= {self.ways}"
-                    f", or train with {FIELD}ways >= {ways}")
-            length, instances = ways * (shots + queries), shots + queries
-            if self.memory is not None and length > self.memory.slots:
-                rank_zero_warn(f"'{name}' streams have {length} steps but the memory has {self.memory.slots} slots "
-                               f"({FIELD}memory_slots): least-used slots will be overwritten within a stream")
-            missing = [k for k in self.report_instances if k > instances]
-            if missing and name != "train":
-                rank_zero_warn(f"'{name}' streams hold {instances} instances per class ({prefix}shots + {prefix}"
-                               f"queries): {', '.join(f'acc_inst{k}' for k in missing)} will not be reported")
+        """Also warn when the ``split`` streams are longer than the memory, or hold fewer instances per
+        class than an ``acc_inst{k}`` of ``report_instances`` needs (evaluation splits)."""
+        super().check_data(datamodule, split)
         ways, shots, queries = datamodule.setting(split)
-        task = datamodule.source(split).sample(torch.Generator().manual_seed(0), ways, shots, queries)
-        try:
-            with torch.no_grad():
-                self.probe(task.support_x.to(self.device))
-        except RuntimeError as error:
-            raise ConfigurationError(
-                f"the model cannot take the '{split}' inputs of shape {list(task.support_x.shape[1:])}: {error}. "
-                f"Match {FIELD}input_shape and the embedding's input arguments (in_channels, image_size) to the "
-                "data") from error
-
-
-def _repeat(state: Any, count: int) -> Any:
-    """``state`` (tensors with a batch of one, in tuples) repeated ``count`` times along dim 0."""
-    if state is None:
-        return None
-    if isinstance(state, Tensor):
-        return state.expand(count, *state.shape[1:])
-    if isinstance(state, tuple):
-        values = [_repeat(s, count) for s in state]
-        return type(state)(*values) if hasattr(state, "_fields") else tuple(values)
-    if isinstance(state, list):
-        return [_repeat(s, count) for s in state]
-    if isinstance(state, dict):
-        return {k: _repeat(v, count) for k, v in state.items()}
-    raise TypeError(f"cannot repeat a controller state of type {type(state).__name__}")
+        prefix = "" if split == "train" else "test_"
+        length, instances = ways * (shots + queries), shots + queries
+        if self.memory is not None and length > self.memory.slots:
+            rank_zero_warn(f"'{split}' streams have {length} steps but the memory has {self.memory.slots} slots "
+                           f"({MODEL_ARGS}memory_slots): least-used slots will be overwritten within a stream")
+        missing = [k for k in self.report_instances if k > instances]
+        if missing and split != "train":
+            rank_zero_warn(f"'{split}' streams hold {instances} instances per class ({prefix}shots + {prefix}"
+                           f"queries): {', '.join(f'acc_inst{k}' for k in missing)} will not be reported")

@@ -8,11 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_meta.algorithms.base import FIELD
-from lightning_meta.algorithms.metric import MetricLearner
-from lightning_meta.data.episodes import episode_generator
-from lightning_meta.data.sequences import OrderedTasks, episode_permutations, gather_steps
-from lightning_meta.errors import ConfigurationError, optional_positive, require_positive
+from lightning_meta.algorithms.sequence import SequenceLearner
+from lightning_meta.data.sequences import gather_steps
+from lightning_meta.errors import MODEL_ARGS, ConfigurationError, optional_positive, require_positive
 from lightning_meta.models.shapes import infer_feature_dim
 from lightning_meta.models.snail import SnailSequenceModel
 from lightning_meta.tasks import TaskBatch
@@ -21,7 +19,7 @@ from lightning_meta.tasks import TaskBatch
 SUPPORT_ORDER_SEED = 20180223
 
 
-class SNAIL(MetricLearner):
+class SNAIL(SequenceLearner):
     """A sequence model reads the labelled support set, then predicts a query's label: meta-learning as sequence prediction.
 
     An episode is read as the paper does: the support examples in a shuffled order, each embedded
@@ -32,11 +30,10 @@ class SNAIL(MetricLearner):
     sees another query and permuting the queries permutes the predictions, nothing else.  The
     sequence model is causal (a later element never changes an earlier output; tested).
 
-    The support order is a random permutation drawn per episode from its address (index, split
-    and, in training, epoch; see :mod:`lightning_meta.data.sequences`): the data module lists the
-    support set class by class, which a sequence model would otherwise read as a positional label
-    code.  A single task (``predict_task``, ``process_support_set``) gets a fixed permutation.
-    Evaluation embeds in ``eval()`` mode (running BatchNorm statistics), as the metric learners.  On the
+    The support order is a random permutation drawn per episode from its address, and a single task
+    (``predict_task``) gets a fixed one (:meth:`~lightning_meta.algorithms.sequence.SequenceLearner.episode_orders`):
+    the data module lists the support set class by class, which a sequence model would otherwise read
+    as a positional label code.  Evaluation embeds in ``eval()`` mode (running BatchNorm statistics).  On the
     hanzi learning test, normalising each test episode by its own statistics instead scored 2.4-4.5
     points higher (seed 0: 94.2% vs 91.8%); that number is transductive, so it is not what we report.
     Re-estimating the running statistics with the final weights (400 training episodes, cumulative
@@ -65,10 +62,10 @@ class SNAIL(MetricLearner):
             1.15x with 4 per pass (2.6x ProtoNet's peak memory), 1.08x with 8 (4.9x), 1.02x with 32
             (13x), measured side by side in one run of ``benchmarks/black_box_step.py``'s step with the
             per-pass count varied.  Lower it for large embeddings on a small GPU.
-        Remaining arguments: see :class:`~lightning_meta.algorithms.metric.MetricLearner`.
+        Remaining arguments: see :class:`~lightning_meta.algorithms.sequence.SequenceLearner`.
 
-    Hooks to override: :meth:`sequence_inputs` (what one element of the sequence is), and any
-    :class:`MetricLearner` hook; swap the embedding through ``embedding``.
+    Hooks to override: :meth:`sequence_inputs` (what one element of the sequence is); swap the
+    embedding through ``embedding``.
 
     Reference:
         Mishra, Rohaninejad, Chen, Abbeel. "A Simple Neural Attentive Meta-Learner." ICLR 2018.
@@ -80,8 +77,11 @@ class SNAIL(MetricLearner):
 
         model = SNAIL(Conv4(out_features=None, pooling="max", batch_norm_stats="running"), ways=5, shots=1)
         data = OmniglotDataModule("data", ways=5, shots=1, queries=1, test_queries=15, meta_batch_size=32)
-        pl.Trainer(max_epochs=10).fit(model, data)
+        pl.Trainer(max_epochs=10, inference_mode=False).fit(model, data)
+        model.predict_task(support_x, support_y, query_x)      # [M, ways] probabilities
     """
+
+    order_seed = SUPPORT_ORDER_SEED
 
     def __init__(
         self,
@@ -92,28 +92,23 @@ class SNAIL(MetricLearner):
         tc_filters: Sequence[int] = (128, 128),
         feature_dim: Optional[int] = None,
         episodes_per_pass: int = 4,
-        outer_lr: float = 1e-3,
-        gradient_clip_val: Optional[float] = None,
-        accumulate_grad_batches: int = 1,
+        **kwargs: Any,
     ):
-        super().__init__(embedding, embed_together=False, outer_lr=outer_lr, gradient_clip_val=gradient_clip_val,
-                         accumulate_grad_batches=accumulate_grad_batches)
-        self.remove_ignored_hparams(["embed_together"])
-        require_positive(FIELD + "ways", ways)
-        require_positive(FIELD + "shots", shots)
-        optional_positive(FIELD + "feature_dim", feature_dim)
-        require_positive(FIELD + "episodes_per_pass", episodes_per_pass)
+        super().__init__(ways=ways, embedding=embedding, **kwargs)
+        require_positive(MODEL_ARGS + "shots", shots)
+        optional_positive(MODEL_ARGS + "feature_dim", feature_dim)
+        require_positive(MODEL_ARGS + "episodes_per_pass", episodes_per_pass)
         pairs = [list(pair) for pair in attention] if isinstance(attention, (list, tuple)) else []
         if not pairs or not all(len(p) == 2 and all(isinstance(v, int) and v > 0 for v in p) for p in pairs):
-            raise ConfigurationError(f"{FIELD}attention={attention!r} is invalid: give [key_size, value_size] pairs of"
-                                     " positive integers, e.g. [[64, 32], [256, 128], [512, 256]]")
+            raise ConfigurationError(f"{MODEL_ARGS}attention={attention!r} is invalid: give [key_size, value_size]"
+                                     " pairs of positive integers, e.g. [[64, 32], [256, 128], [512, 256]]")
         filters = list(tc_filters) if isinstance(tc_filters, (list, tuple)) else [tc_filters]
         if len(filters) != len(pairs) - 1 or not all(isinstance(f, int) and f > 0 for f in filters):
             raise ConfigurationError(
-                f"{FIELD}tc_filters={tc_filters!r} is invalid: give {len(pairs) - 1} positive integers, one TC block"
-                f" between each two of the {len(pairs)} attention blocks (e.g. [128, 128])")
-        self.ways, self.shots, self.episodes_per_pass = ways, shots, episodes_per_pass
-        self.feature_dim = feature_dim or infer_feature_dim(self.embedding, FIELD + "embedding")
+                f"{MODEL_ARGS}tc_filters={tc_filters!r} is invalid: give {len(pairs) - 1} positive integers, one TC"
+                f" block between each two of the {len(pairs)} attention blocks (e.g. [128, 128])")
+        self.shots, self.episodes_per_pass = shots, episodes_per_pass
+        self.feature_dim = feature_dim or infer_feature_dim(self.embedding, MODEL_ARGS + "embedding")
         self.sequence = SnailSequenceModel(self.feature_dim + ways, ways * shots + 1, ways, pairs, filters)
 
     # ------------------------------------------------------------------ the sequence
@@ -122,119 +117,67 @@ class SNAIL(MetricLearner):
         features = features.flatten(1)
         if labels is None:
             return F.pad(features, (0, self.ways))
-        return torch.cat([features, F.one_hot(labels, self.ways).to(features.dtype)], 1)
+        return torch.cat([features, self.label_inputs(labels, features.dtype)], 1)
 
     def sequence_logits(self, support_features: Tensor, support_y: Tensor, query_features: Tensor,
                         ways: int) -> Tensor:
         """Query logits ``[G, M, ways]`` of ``G`` episodes at once, from their embedded support sets
         ``[G, S, ...]`` (in sequence order), labels ``[G, S]`` and embedded queries ``[G, M, ...]``: each
         query appended alone after its episode's support prefix, one sequence-model call for all."""
-        if ways > self.ways:
-            raise ConfigurationError(
-                f"an episode has {ways} classes but this SNAIL reads labels of {self.ways} classes ({FIELD}ways,"
-                f" fixed by training): test with at most {self.ways} ways (data.init_args.test_ways)")
         episodes, shots, queries = *support_y.shape, query_features.shape[1]
         prefix = self.sequence_inputs(support_features.flatten(0, 1), support_y.flatten())
         appended = self.sequence_inputs(query_features.flatten(0, 1), None)
         prefix, appended = prefix.unflatten(0, (episodes, shots)), appended.unflatten(0, (episodes, queries))
         return self.sequence.step(prefix, appended)[..., :ways]
 
-    def support_state(self, support_features: Tensor, support_y: Tensor, ways: int) -> Any:
-        return support_features, support_y, ways
-
-    def classify(self, state: Any, query_features: Tensor) -> Tensor:
-        support_features, support_y, ways = state
-        return self.sequence_logits(support_features[None], support_y[None], query_features[None], ways)[0]
-
-    # ------------------------------------------------------------------ episodes, a group at a time
-    def group_objective(self, support_x: Tensor, support_y: Tensor, query_x: Tensor, query_y: Tensor,
-                        order: Tensor) -> tuple[Tensor, Tensor]:
-        """Training losses ``[G]`` and query logits ``[G, M, ways]`` of ``G`` episodes (supports in ``order``).
-
-        Each episode is embedded on its own (training-mode BatchNorm normalises over one episode's
-        images, as with one episode at a time); the sequence model then reads all ``G`` at once.
-        """
-        support_x, support_y = ordered_supports(support_x, support_y, order)
-        shots = support_y.shape[1]
-        features = torch.stack([self.embed(torch.cat([s, q])) for s, q in zip(support_x, query_x)])
-        logits = self.sequence_logits(features[:, :shots], support_y, features[:, shots:],
-                                      int(support_y.max()) + 1)
-        return torch.stack([self.task_loss(task, y) for task, y in zip(logits, query_y)]), logits
-
     def group_logits(self, support_x: Tensor, support_y: Tensor, query_x: Tensor, order: Tensor) -> Tensor:
-        """Evaluation logits ``[G, M, ways]`` of ``G`` episodes: in ``eval()`` mode every image is embedded
-        independently of the others, so the group is embedded in one pass."""
-        support_x, support_y = ordered_supports(support_x, support_y, order)
-        episodes, shots = support_y.shape
-        features = self.embed(torch.cat([support_x.flatten(0, 1), query_x.flatten(0, 1)]))
-        support_features = features[: episodes * shots].unflatten(0, (episodes, shots))
-        query_features = features[episodes * shots:].unflatten(0, (episodes, query_x.shape[1]))
-        return self.sequence_logits(support_features, support_y, query_features, int(support_y.max()) + 1)
+        """Query logits ``[G, M, ways]`` of ``G`` episodes whose support sets ``[G, S, ...]`` are read in
+        ``order [G, S]``, embedded as :meth:`~lightning_meta.algorithms.sequence.SequenceLearner.embed_episodes`
+        does (in training each episode on its own)."""
+        support_x, support_y = gather_steps(support_x, order), support_y.gather(1, order)
+        shots = support_y.shape[1]
+        features = self.embed_episodes(torch.cat([support_x, query_x], 1))
+        return self.sequence_logits(features[:, :shots], support_y, features[:, shots:], int(support_y.max()) + 1)
+
+    def task_logits(self, support_x: Tensor, support_y: Tensor, query_x: Tensor,
+                    order: Optional[Tensor] = None) -> Tensor:
+        """One task's query logits ``[M, ways]``, its support set read in ``order`` (default: a single
+        task's, :meth:`~lightning_meta.algorithms.sequence.SequenceLearner.task_order`)."""
+        order = self.task_order(len(support_y), support_y.device) if order is None else order.to(support_y.device)
+        return self.group_logits(support_x[None], support_y[None], query_x[None], order[None])[0]
 
     def groups(self, count: int) -> list[slice]:
         """The episodes of a meta-batch of ``count``, ``episodes_per_pass`` at a time."""
         return [slice(start, start + self.episodes_per_pass) for start in range(0, count, self.episodes_per_pass)]
 
+    # ------------------------------------------------------------------ the MetaLearner contract
     def training_objective(self, params: Any, support_x: Tensor, support_y: Tensor, query_x: Tensor,
                            query_y: Tensor, order: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
-        order = self._order(order, len(support_y), support_y.device)
-        losses, logits = self.group_objective(support_x[None], support_y[None], query_x[None], query_y[None],
-                                              order[None])
-        return losses[0], logits[0]
+        logits = self.task_logits(support_x, support_y, query_x, order)
+        return self.loss(logits, query_y), logits
 
     def evaluate_task(self, support_x: Tensor, support_y: Tensor, query_x: Tensor, query_y: Tensor,
                       order: Optional[Tensor] = None) -> tuple[Tensor, None]:
-        order = self._order(order, len(support_y), support_y.device)
-        return self.group_logits(support_x[None], support_y[None], query_x[None], order[None])[0].detach(), None
-
-    def process_support_set(self, support_x: Tensor, support_y: Tensor) -> None:
-        order = self._order(None, len(support_y), support_y.device)
-        super().process_support_set(support_x[order], support_y[order])
+        return self.task_logits(support_x, support_y, query_x, order).detach(), None
 
     def outer_backward(self, batch: TaskBatch) -> tuple[Tensor, Tensor]:
         """The meta-batch ``episodes_per_pass`` episodes at a time: one sequence-model call and one
-        ``manual_backward`` per group (the DDP all-reduce with the last)."""
-        support_x, support_y, query_x, query_y, order = self._with_orders(batch, "train").tensors()
+        backward per group (the DDP all-reduce with the last)."""
+        support_x, support_y, query_x, query_y = batch.tensors()
+        order = self.episode_orders(batch, support_y.shape[1], "train")
         count = batch.num_tasks
         losses, logits = [], []
         for group in self.groups(count):
-            group_losses, group_logits = self.group_objective(support_x[group], support_y[group], query_x[group],
-                                                              query_y[group], order[group])
+            group_logits = self.group_logits(support_x[group], support_y[group], query_x[group], order[group])
+            group_losses = torch.stack([self.loss(task, y) for task, y in zip(group_logits, query_y[group])])
             losses.append(self.backpropagate(group_losses, scale=1 / count, last=group.stop >= count))
             logits.append(group_logits.detach())
         return torch.cat(losses), torch.cat(logits)
 
     def evaluate_batch(self, batch: TaskBatch) -> tuple[Tensor, None]:
-        support_x, support_y, query_x, _, order = self._with_orders(batch, "test").tensors()
+        """Query logits ``[B, M, ways]`` of every episode, ``episodes_per_pass`` at a time."""
+        support_x, support_y, query_x, _ = batch.tensors()
+        order = self.episode_orders(batch, support_y.shape[1], self.evaluation_split())
         logits = [self.group_logits(support_x[group], support_y[group], query_x[group], order[group])
                   for group in self.groups(batch.num_tasks)]
         return torch.cat(logits).detach(), None
-
-    @staticmethod
-    def _order(order: Optional[Tensor], size: int, device: torch.device) -> Tensor:
-        if order is None:  # a single task: a fixed shuffle
-            order = torch.randperm(size, generator=episode_generator(SUPPORT_ORDER_SEED, "test", 0))
-        return order.to(device)
-
-    def _with_orders(self, batch: TaskBatch, split: str) -> OrderedTasks:
-        epoch = self.current_epoch if split == "train" else None
-        orders = episode_permutations(batch, batch.support_x.shape[1], SUPPORT_ORDER_SEED, split, epoch,
-                                      fallback_start=self.global_step * batch.num_tasks)
-        return OrderedTasks(*batch.tensors(), index=batch.index, order=orders)
-
-    def check_data(self, datamodule: Any, split: str) -> None:
-        """Also refuse episodes with more classes than ``ways``; ``fit`` checks the validation episodes too."""
-        super().check_data(datamodule, split)
-        for checked in ("train", "val") if split == "train" else (split,):
-            ways = datamodule.setting(checked)[0]
-            if ways <= self.ways:
-                continue
-            prefix = "" if checked == "train" else "test_"
-            raise ConfigurationError(
-                f"data.init_args.{prefix}ways={ways} exceeds {FIELD}ways={self.ways}, the label space SNAIL reads and"
-                f" predicts: set {FIELD}ways to at least {ways} (a trained model's is fixed: test with fewer ways)")
-
-
-def ordered_supports(support_x: Tensor, support_y: Tensor, order: Tensor) -> tuple[Tensor, Tensor]:
-    """Support sets ``[G, S, ...]`` and labels ``[G, S]`` in each episode's sequence ``order [G, S]``."""
-    return gather_steps(support_x, order), support_y.gather(1, order)

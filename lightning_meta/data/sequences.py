@@ -1,13 +1,17 @@
-"""Episodes as sequences, for the black-box learners (SNAIL, MANN), built from the same :class:`TaskBatch`.
+"""Episodes as sequences, for the learners that read one (SNAIL, MANN), built from the same :class:`TaskBatch`.
 
 There is no second data path: a sequence learner receives the episodic ``TaskBatch`` every
-algorithm receives and orders its examples here.  Orders are drawn from a generator seeded by the
-episode's address (its index in ``TaskBatch.index``, the split and, in training, the epoch), so a
-task's sequence is the same whatever batch it is in, on every DDP rank and on resume.
+algorithm receives and orders its examples here (through
+:meth:`~lightning_meta.algorithms.sequence.SequenceLearner.episode_orders`).  Orders are drawn from a
+generator seeded by the episode's address (its index in ``TaskBatch.index``, the split and, in
+training, the epoch), so a task's sequence is the same whatever batch it is in, on every DDP rank
+and on resume.
 
 * :func:`episode_permutations`: one random order per task, a pure function of its address.
 * :class:`OrderedTasks`: a ``TaskBatch`` carrying such an order per task, which the base class's
-  per-task loop (and vmap) hands to ``training_objective``/``evaluate_task`` as a fifth tensor.
+  per-task loop (and vmap) hands to ``training_objective``/``evaluate_task`` as a fifth tensor
+  (Reptile's inner mini-batches).
+* :func:`gather_steps`: examples ``[B, T, ...]`` in such orders (SNAIL's support sequences).
 * :func:`label_stream`: MANN's stream: the support and query examples of a task pooled and
   shuffled, each with its label, the previous step's label (the one-step delay; ``-1`` = no label
   yet) and the how-many-th presentation of its class it is (1, 2, ...).
@@ -54,8 +58,7 @@ class OrderedTasks(TaskBatch):
 
     ``tensors()`` returns it as a fifth tensor, so ``MetaLearner.outer_backward`` and
     ``MetaLearner.evaluate_batch`` hand it to ``training_objective(..., order)`` and
-    ``evaluate_task(..., order)`` in loop and vmap mode alike (Reptile's inner mini-batches, SNAIL's
-    support order).
+    ``evaluate_task(..., order)`` in loop and vmap mode alike (Reptile's inner mini-batches).
     """
 
     order: Optional[Tensor] = None

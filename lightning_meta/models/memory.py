@@ -42,11 +42,15 @@ Example::
     for t in range(50):
         keys, alphas = ...                  # [16, 4, 40] and [16, 4] from the controller
         reads, state = memory.step(keys, alphas, state)   # reads [16, 4, 40]
+
+Recurrent states in general (a controller's, a memory's, tuples of both): :func:`unroll` runs a step
+function along a sequence, :func:`repeat_state` copies a state of one sequence to continue it several
+ways at once (MANN's queries, each a one-step continuation of the support stream).
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -163,3 +167,45 @@ class LRUAMemory(nn.Module):
             reads = read @ memory
             usage = self.gamma * state.usage + read.sum(1) + write.sum(1)
         return reads, MemoryState(memory, read, usage, write)
+
+
+State = TypeVar("State")
+
+
+def unroll(step: Callable[[Tensor, State], tuple[Tensor, State]], inputs: Tensor, state: State
+           ) -> tuple[Tensor, State]:
+    """Run ``step(inputs[:, t], state) -> (output, state)`` for ``t = 0, 1, ...``: the outputs stacked
+    along dim 1, ``[B, T, ...]``, and the last state.
+
+    Example::
+
+        cell = nn.GRUCell(4, 8)
+        outputs, h = unroll(lambda x, h: (cell(x, h),) * 2, torch.randn(2, 5, 4), None)   # [2, 5, 8], [2, 8]
+    """
+    outputs = []
+    for t in range(inputs.shape[1]):
+        output, state = step(inputs[:, t], state)
+        outputs.append(output)
+    return torch.stack(outputs, 1), state
+
+
+def repeat_state(state: Any, count: int) -> Any:
+    """``state`` of a batch of one (tensors ``[1, ...]`` in tuples, named tuples, lists, dicts; ``None``)
+    repeated ``count`` times along dim 0, without copying the tensors.
+
+    Example::
+
+        repeat_state((torch.zeros(1, 8), None), 5)[0].shape      # [5, 8]
+    """
+    if state is None:
+        return None
+    if isinstance(state, Tensor):
+        return state.expand(count, *state.shape[1:])
+    if isinstance(state, tuple):
+        values = [repeat_state(s, count) for s in state]
+        return type(state)(*values) if hasattr(state, "_fields") else tuple(values)
+    if isinstance(state, list):
+        return [repeat_state(s, count) for s in state]
+    if isinstance(state, dict):
+        return {k: repeat_state(v, count) for k, v in state.items()}
+    raise TypeError(f"cannot repeat a recurrent state of type {type(state).__name__}")
