@@ -18,9 +18,9 @@ from typing import Any
 
 _ORIGIN: dict[str, str] = {
     **dict.fromkeys(
-        ["ANIL", "MAML", "Baseline", "BaselinePlusPlus", "DomainAdversarial", "FineTuningBaseline", "MANN",
-         "MatchingNetwork", "MetaLearner", "MetaLearnerLSTM", "MetaSGD", "MetricLearner", "PrototypicalNetwork",
-         "RelationNetwork", "Reptile", "SiameseNetwork", "SNAIL"],
+        ["ANIL", "MAML", "Baseline", "BaselinePlusPlus", "DomainAdversarial", "FineTuningBaseline", "Learner",
+         "MANN", "MatchingNetwork", "MetaLearner", "MetaLearnerLSTM", "MetaSGD", "MetricLearner",
+         "PrototypicalNetwork", "RelationNetwork", "Reptile", "SequenceLearner", "SiameseNetwork", "SNAIL"],
         "lightning_meta.algorithms",
     ),
     **dict.fromkeys(
@@ -51,6 +51,7 @@ __all__ = [
     "EpisodicDataModule",
     "FineTuningBaseline",
     "ImageFolderDataModule",
+    "Learner",
     "LinearDataModule",
     "MAML",
     "MANN",
@@ -65,6 +66,7 @@ __all__ = [
     "PrototypicalNetwork",
     "RelationNetwork",
     "Reptile",
+    "SequenceLearner",
     "SiameseNetwork",
     "SNAIL",
     "SinusoidDataModule",
