@@ -1,151 +1,191 @@
-"""The functional inner-loop engine shared by every gradient-based meta-learner.
+"""The functional inner-loop engine shared by the gradient-based meta-learners (MAML family, Reptile, Meta-LSTM).
 
-A learner is adapted as a dict of tensors, never by mutating its module:
-``torch.func.functional_call`` runs it with the fast weights, ``torch.func.grad`` takes the
-inner-loop gradient.  The same functions serve
+A learner is adapted as a dict of tensors, never by mutating its module: :func:`adapt` takes
+``steps`` updates of the parameters on a support loss ``support_loss(params, step)``, with any update
+rule ``update(params, grads, loss, state, step) -> (params, state)``
+(:mod:`lightning_meta.inner_updates`: SGD with fixed or learned step sizes, momentum SGD, Adam; the
+Meta-Learner LSTM's rule).  ``graph`` says what the outer derivative sees:
 
-* second-order MAML (the inner gradient stays in the graph) and first-order MAML (it is detached),
-* learned step sizes: one per parameter element (Meta-SGD) or one per layer and step
-  (MAML++ "LSLR"), see :class:`StepSizes`,
-* adapting a named subset only (ANIL adapts the head on body features computed once per task),
-* tasks of a meta-batch looped (see ``MetaLearner``) or vectorised with :func:`vmap_meta_gradients`.
+* ``"second_order"``: the inner gradients stay in the graph (MAML);
+* ``"first_order"``: the gradients are constants, the parameters still carry the graph through the
+  updates, so learned rates and an update network get meta-gradients (FOMAML, the Meta-LSTM);
+* ``"none"``: everything is detached (Reptile, iMAML, evaluation).
+
+The same functions serve adapting a named subset only (ANIL adapts the head on body features
+computed once per task) and tasks of a meta-batch looped (see ``MetaLearner``) or vectorised with
+:func:`vmap_meta_gradients`.
 
 In vmap mode each task's *whole* meta-gradient is computed inside ``vmap`` (``vmap(grad(task))``)
 and averaged over tasks.  Differentiating a vmapped loss from outside (``grad(vmap(task))`` or
 ``.backward()`` on it) gives meta-gradients that are wrong by several percent through training-mode
-BatchNorm (torch 2.14; ``tests/test_vmap_batchnorm_trap.py`` keeps the regression test).
+BatchNorm (torch 2.14; ``tests/test_inner_loop.py::test_vmap_mode_avoids_the_batchnorm_trap`` keeps the
+regression test).
 
 Example::
 
     params = {k: v for k, v in model.named_parameters()}
     forward = lambda p, x: torch.func.functional_call(model, p, (x,))
-    trajectory = adapt(forward, params, support_x, support_y, loss_fn=F.cross_entropy,
-                       steps=5, step_size=constant_step_size(0.4), first_order=False)
+    support_loss = supervised_loss(forward, support_x, support_y, F.cross_entropy)
+    trajectory = adapt(support_loss, params, steps=5, update=SGD(0.4), graph="second_order")
     query_loss = F.cross_entropy(forward(trajectory[-1], query_x), query_y)
 """
 
 from __future__ import annotations
 
-from typing import Callable, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Literal, Mapping, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
-from torch.func import grad, grad_and_value, vmap
+from torch.func import grad_and_value, vmap
 
-from lightning_meta.errors import ConfigurationError
+from lightning_meta.errors import require_choice
+from lightning_meta.internals import inside_functorch_transform, is_convolution, is_norm_layer
 
 Params = dict[str, Tensor]
 Forward = Callable[[Params, Tensor], Tensor]
 LossFn = Callable[[Tensor, Tensor], Tensor]
-StepSize = Callable[[str, int], Union[Tensor, float]]
-
-STEP_SIZE_KINDS = ("fixed", "per_parameter", "per_layer_per_step")
+#: ``support_loss(params, step)``: the loss the inner loop descends at step ``step`` (which may pick the
+#: step's mini-batch)
+SupportLoss = Callable[[Params, int], Tensor]
+#: ``update(params, grads, loss, state, step) -> (params, state)``: one inner update (``state`` starts at ``None``)
+Update = Callable[[Params, Params, Tensor, Any, int], tuple[Params, Any]]
+Graph = Literal["second_order", "first_order", "none"]
 
 
 def adapt(
-    forward: Forward,
+    support_loss: SupportLoss,
     params: Params,
-    x: Tensor,
-    y: Tensor,
-    *,
-    loss_fn: LossFn,
     steps: int,
-    step_size: StepSize,
-    first_order: bool,
+    update: Update,
+    graph: Graph,
     loss_scale: float = 1.0,
+    state: Any = None,
 ) -> list[Params]:
-    """Take ``steps`` gradient steps on ``loss_fn(forward(params, x), y)``.
+    """Take ``steps`` updates of ``params`` on ``support_loss``; returns the trajectory
+    ``[params, params_1, ..., params_steps]``, each a new dict (the multi-step loss of MAML++ and
+    adaptation curves read the intermediate points).
 
-    Returns the trajectory ``[params, params_1, ..., params_steps]``, each a new dict (the
-    multi-step loss of MAML++ and adaptation curves read the intermediate points).  With
-    ``first_order`` the inner gradients are constants for the outer derivative (FOMAML).
+    Step ``t`` computes ``loss = support_loss(params_t, t)`` and its gradient, then
+    ``params_{t+1}, state = update(params_t, grads, loss, state, t)``.  ``graph`` (see the module
+    docstring) decides what is differentiable: with ``"second_order"`` the gradients and the loss are in
+    the graph, with ``"first_order"`` they are constants, with ``"none"`` the parameters are detached
+    too.
 
-    ``loss_scale`` multiplies the support loss before differentiation and divides the gradient
-    after it: under float16 autocast, small activation gradients underflow to zero otherwise (the
-    outer GradScaler does not see inner-loop gradients).  Mathematically a no-op.
+    ``loss_scale`` multiplies the support loss before differentiation and divides the gradient (and
+    the loss handed to ``update``) after it: under float16 autocast, small activation gradients
+    underflow to zero otherwise (the outer GradScaler does not see inner-loop gradients).
+    Mathematically a no-op.
+
+    Pure: no module is mutated and nothing is kept between calls, so it runs under
+    ``torch.func.grad``, ``vmap`` and ``jvp``.
     """
+    require_choice("graph", graph, Graph)
+    if graph == "none":
+        params = detached(params)
     trajectory = [params]
-    support_loss = lambda p: loss_fn(forward(p, x), y) * loss_scale  # noqa: E731
     for step in range(steps):
-        grads = inner_gradients(support_loss, params, first_order)
+        grads, loss = inner_gradients(lambda p, step=step: support_loss(p, step) * loss_scale, params, graph)
         if loss_scale != 1.0:
             grads = {name: g / loss_scale for name, g in grads.items()}
-        params = {name: p - step_size(name, step) * grads[name] for name, p in params.items()}
+            loss = loss / loss_scale
+        params, state = update(params, grads, loss, state, step)
+        if graph == "none":
+            params = detached(params)
         trajectory.append(params)
     return trajectory
 
 
-def inner_gradients(loss: Callable[[Params], Tensor], params: Params, first_order: bool) -> Params:
-    """Gradient of ``loss(params)``: part of the outer graph unless ``first_order``.
+def inner_gradients(loss: Callable[[Params], Tensor], params: Params, graph: Graph) -> tuple[Params, Tensor]:
+    """Gradient and value of ``loss(params)``: part of the outer graph only for ``"second_order"``.
 
-    Inside a functorch transform (``vmap`` mode) this is ``torch.func.grad``.  Outside one (loop
-    mode, evaluation) it is ``torch.autograd.grad``, which for first-order adaptation does not
-    record the backward pass at all (``torch.func.grad`` would record it for the outer derivative
-    and leave it to ``detach``), and skips functorch's wrapping: measured 1.14-1.3x faster loop-mode
-    Conv4 steps and 1.4x faster looped sinusoid steps on CPU, with bit-identical gradients.
+    Inside a functorch transform (``vmap`` mode, ``torch.func.grad``/``jvp`` of an adaptation) this is
+    ``torch.func.grad_and_value``.  Outside one (loop mode, evaluation) it is ``torch.autograd.grad``,
+    which for first-order adaptation does not record the backward pass at all and skips functorch's
+    wrapping: measured 1.14-1.3x faster loop-mode Conv4 steps and 1.4x faster looped sinusoid steps on
+    CPU, with bit-identical gradients.  Without the graph, the gradient is taken at detached parameters.
     """
-    if torch._C._functorch.peek_interpreter_stack() is not None:
-        grads = grad(loss)(params)
-        return {name: g.detach() for name, g in grads.items()} if first_order else grads
-    with torch.enable_grad():
-        inputs = {name: p if p.requires_grad else p.detach().requires_grad_() for name, p in params.items()}
-        values = torch.autograd.grad(loss(inputs), list(inputs.values()), create_graph=not first_order)
-    return dict(zip(inputs, values))
+    if graph != "second_order":
+        params = detached(params)
+    if inside_functorch_transform():
+        grads, value = grad_and_value(loss)(params)
+    else:
+        with torch.enable_grad():
+            inputs = {name: p if p.requires_grad else p.detach().requires_grad_() for name, p in params.items()}
+            value = loss(inputs)
+            values = torch.autograd.grad(value, list(inputs.values()), create_graph=graph == "second_order")
+        grads = dict(zip(inputs, values))
+    if graph == "second_order":
+        return grads, value
+    return detached(grads), value.detach()
 
 
-def constant_step_size(lr: float) -> StepSize:
-    """The step size of plain MAML: the same scalar for every parameter and step."""
-    return lambda name, step: lr
+def detached(params: Mapping[str, Tensor]) -> Params:
+    return {name: p.detach() for name, p in params.items()}
 
 
-class StepSizes(nn.Module):
-    """Inner-loop step sizes, fixed or meta-learned.
+def supervised_loss(forward: Forward, x: Tensor, y: Tensor, loss_fn: LossFn,
+                    batches: Optional[Tensor] = None) -> SupportLoss:
+    """The support loss of a labelled set, ``support_loss(params, t) = loss_fn(forward(params, x_t), y_t)``.
 
-    * ``"fixed"``: one scalar ``init`` (MAML); no parameters.
-    * ``"per_parameter"``: a learned tensor shaped like each adapted parameter, shared by all
-      steps (Meta-SGD, Li et al. 2017).
-    * ``"per_layer_per_step"``: a learned scalar per adapted parameter tensor and step (MAML++
-      "LSLR", Antoniou et al. 2019).  Steps beyond the trained ones reuse the last rate.
-
-    The learned rates are ordinary parameters of the meta-learner, so the outer optimizer,
-    DDP and checkpoints treat them like the weights.  Inside ``vmap`` they are passed in
-    functionally: :meth:`bind` turns a dict of their current values into a ``StepSize``.
+    ``batches [steps, b]`` holds the indices of the examples of each step (:func:`example_order`
+    reshaped); a step whose batch is as large as the set takes the set as it is (the whole-set order of
+    :func:`example_order`).  ``None``: the whole set at every step (MAML).
 
     Example::
 
-        sizes = StepSizes({"w": torch.Size([3, 2])}, steps=5, init=0.1, kind="per_parameter")
-        step_size = sizes.bind(dict(sizes.named_parameters()))
-        step_size("w", 0).shape   # torch.Size([3, 2])
+        order = example_order(len(x), steps, batch_size=10, generator=torch.Generator().manual_seed(0))
+        support_loss = supervised_loss(forward, x, y, F.cross_entropy, order.reshape(steps, -1))
     """
+    whole = batches is None or batches.shape[1] == x.shape[0]
 
-    def __init__(self, shapes: Mapping[str, torch.Size], steps: int, init: float, kind: str = "fixed"):
-        super().__init__()
-        if kind not in STEP_SIZE_KINDS:
-            raise ValueError(f"step_sizes={kind!r} is unknown; choose one of {', '.join(STEP_SIZE_KINDS)}")
-        self.kind = kind
-        self.init = float(init)
-        self.index = {name: i for i, name in enumerate(shapes)}
-        if kind == "per_parameter":
-            rates = [torch.full(tuple(shape), self.init) for shape in shapes.values()]
-        elif kind == "per_layer_per_step":
-            rates = [torch.full((steps,), self.init) for _ in shapes]
-        else:
-            rates = []
-        self.rates = nn.ParameterList([nn.Parameter(r) for r in rates])
+    def support_loss(params: Params, step: int) -> Tensor:
+        if whole:
+            return loss_fn(forward(params, x), y)
+        chosen = batches[step]
+        return loss_fn(forward(params, x[chosen]), y[chosen])
 
-    @property
-    def learned(self) -> bool:
-        return self.kind != "fixed"
+    return support_loss
 
-    def bind(self, values: Optional[Mapping[str, Tensor]] = None) -> StepSize:
-        """A ``StepSize`` reading the rates from ``values`` (keys as in ``named_parameters``)."""
-        if not self.learned:
-            return constant_step_size(self.init)
-        values = values if values is not None else dict(self.named_parameters())
-        rates = [values[f"rates.{i}"] for i in range(len(self.rates))]
-        if self.kind == "per_parameter":
-            return lambda name, step: rates[self.index[name]]
-        return lambda name, step: rates[self.index[name]][min(step, rates[self.index[name]].shape[0] - 1)]
+
+def example_order(size: int, steps: int, batch_size: Optional[int],
+                  generator: Optional[torch.Generator] = None) -> Tensor:
+    """Indices ``[steps * b]`` of the examples of each inner step (step ``t``: entries ``t*b .. t*b+b-1``).
+
+    * ``batch_size`` ``None`` or at least ``size``: every step takes the whole set, ``b = size``;
+    * a ``generator``: random permutations of the set one after the other, cut into consecutive batches
+      of ``b = batch_size`` (a batch may span two permutations), the stream of Reptile's reference code;
+    * no generator: the set in order, cyclically (a batch may wrap around), as the Meta-Learner LSTM
+      authors' code walks it.
+
+    Example::
+
+        example_order(5, steps=3, batch_size=2)   # tensor([0, 1, 2, 3, 4, 0])
+    """
+    if batch_size is None or batch_size >= size:
+        return torch.arange(size).repeat(steps)
+    if generator is None:
+        return torch.arange(steps * batch_size) % size
+    epochs = -(-steps * batch_size // size)
+    stream = torch.cat([torch.randperm(size, generator=generator) for _ in range(epochs)])
+    return stream[:steps * batch_size]
+
+
+def interpolation_loss(theta: Params, phi: Params) -> Tensor:
+    """A zero-valued loss whose gradient w.r.t. ``theta`` is ``theta - phi`` (``phi`` a constant).
+
+    Reptile's outer update (Nichol et al. 2018) as a gradient step: one SGD step of rate ``epsilon`` on it
+    moves ``theta`` to ``theta + epsilon * (phi - theta)``, and its mean over a meta-batch's tasks gives
+    ``epsilon * mean_i(phi_i - theta)``.  Handed to the outer step as a loss, mixed precision, clipping,
+    accumulation and DDP's all-reduce apply unchanged.  Any learner whose outer update interpolates
+    towards adapted weights uses it (Reptile; FIGR, a GAN meta-trained with Reptile).
+
+    Example::
+
+        phi = adapt(support_loss, theta, steps=5, update=Adam(1e-3, (0.0, 0.999)), graph="none")[-1]
+        self.outer_step(interpolation_loss(theta, phi))    # SGD outer optimizer, lr = epsilon
+    """
+    surrogate = sum((p * (p - phi[name]).detach()).sum() for name, p in theta.items())
+    return surrogate - surrogate.detach()
 
 
 def sub_params(params: Mapping[str, Tensor], prefix: str) -> Params:
@@ -186,30 +226,18 @@ def vmap_meta_gradients(
     ``tensors`` are stacked along dim 0 (one entry per task).  Returns the gradients averaged
     over tasks, the per-task losses and the per-task predictions.
     """
-    detached = {name: p.detach() for name, p in params.items()}
     in_dims = (None,) + (0,) * len(tensors)
     per_task = vmap(grad_and_value(objective, has_aux=True), in_dims=in_dims, chunk_size=chunk_size)
-    grads, (losses, predictions) = per_task(detached, *tensors)
+    grads, (losses, predictions) = per_task(detached(params), *tensors)
     return {name: g.mean(0) for name, g in grads.items()}, losses.detach(), predictions.detach()
 
 
 def has_batchnorm(module: nn.Module) -> bool:
-    return any(isinstance(m, nn.modules.batchnorm._NormBase) for m in module.modules())
-
-
-def require_batch_statistics(backbone: nn.Module, learner: str) -> None:
-    """Refuse BatchNorm layers with running statistics in a network the inner loop adapts: the inner loop
-    would update them in place and mix statistics across tasks (``learner`` names the algorithm)."""
-    for name, module in backbone.named_modules():
-        if isinstance(module, nn.modules.batchnorm._NormBase) and module.track_running_stats:
-            raise ConfigurationError(
-                f"model.init_args.backbone: BatchNorm layer {name!r} keeps running statistics, which the inner loop"
-                f" would update in place and mix across tasks; {learner} normalises with batch statistics: set"
-                " model.init_args.backbone.init_args.batch_norm_stats: batch")
+    return any(is_norm_layer(m) for m in module.modules())
 
 
 def has_convolution(module: nn.Module) -> bool:
-    return any(isinstance(m, nn.modules.conv._ConvNd) for m in module.modules())
+    return any(is_convolution(m) for m in module.modules())
 
 
 def choose_batching(module: nn.Module, device: torch.device) -> str:

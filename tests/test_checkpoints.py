@@ -43,7 +43,7 @@ def test_a_backbone_that_cannot_be_described_is_passed_again(tmp_path):
     path, _ = trained(MAML(net, inner_lr=0.02), tmp_path)
     assert "backbone" not in torch.load(path, weights_only=True)["hyper_parameters"]
     loaded = MAML.load_from_checkpoint(path, backbone=nn.Sequential(nn.Linear(1, 8), nn.ReLU(), nn.Linear(8, 1)))
-    assert torch.equal(loaded.model[0].weight, loaded.state_dict()["model.0.weight"])
+    assert torch.equal(loaded.backbone[0].weight, loaded.state_dict()["backbone.0.weight"])
 
 
 def test_an_interrupted_save_leaves_the_previous_checkpoint_intact(tmp_path, monkeypatch):

@@ -9,7 +9,8 @@ from meta_helpers import meta_gradient, random_classification_batch, relative_di
 from torch.func import vmap
 
 from lightning_meta import MAML
-from lightning_meta.inner_loop import StepSizes, choose_batching, multi_step_weights
+from lightning_meta.inner_loop import choose_batching, multi_step_weights
+from lightning_meta.inner_updates import StepSizes
 from lightning_meta.models import MLP, Conv4
 from lightning_meta.tasks import TaskBatch
 

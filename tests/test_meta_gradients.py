@@ -51,7 +51,7 @@ def l2l_reference(algorithm: str, net: torch.nn.Module, batch, lr: float, steps:
         for _ in range(steps):
             learner.adapt(F.cross_entropy(learner(sx), sy))
         (F.cross_entropy(learner(qx), qy) / batch.num_tasks).backward()
-    grads = {f"model.{name}": p.grad for name, p in net.named_parameters()}
+    grads = {f"backbone.{name}": p.grad for name, p in net.named_parameters()}
     if algorithm == "metasgd":
         grads.update({f"step_sizes.rates.{i}": lr_.grad for i, lr_ in enumerate(head.lrs)})
     return grads

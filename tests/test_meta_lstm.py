@@ -29,7 +29,8 @@ from meta_helpers import (meta_gradient, pixel_prototype_accuracy, quiet_trainer
 from lightning_meta.algorithms.meta_lstm import MetaLearnerLSTM
 from lightning_meta.data import NpzDataModule
 from lightning_meta.errors import ConfigurationError
-from lightning_meta.inner_loop import sub_params
+from lightning_meta.inner_loop import adapt, sub_params, supervised_loss
+from lightning_meta.inner_updates import SGD
 from lightning_meta.models.conv4 import Conv4
 from lightning_meta.models.meta_lstm_cell import preprocess_gradient
 
@@ -66,7 +67,7 @@ def test_fixed_gates_make_the_update_an_sgd_step(steps, batch_size):
     adapted = model.adapt(params, support_x, support_y, steps, batch_size)
 
     # by hand: a copy of the module, plain autograd and SGD, the batches walking the support set in order
-    learner = copy.deepcopy(model.learner)
+    learner = copy.deepcopy(model.backbone)
     size = support_x.shape[0]
     b = size if batch_size is None else batch_size
     for step in range(steps):
@@ -81,8 +82,8 @@ def test_fixed_gates_make_the_update_an_sgd_step(steps, batch_size):
     for name, value in adapted.items():
         torch.testing.assert_close(value, expected[name].detach(), rtol=1e-12, atol=1e-14, msg=name)
     # and the learner module itself was never touched
-    for name, p in model.learner.named_parameters():
-        assert torch.equal(p, params[f"learner.{name}"])
+    for name, p in model.backbone.named_parameters():
+        assert torch.equal(p, params[f"backbone.{name}"])
 
 
 @pytest.mark.parametrize("p", [10.0, 4.0])
@@ -117,12 +118,17 @@ class ReplayedInputs(MetaLearnerLSTM):
     tape: list
     replay: bool = False
 
-    def learner_gradient(self, params, x, y):
-        if self.replay:
-            return self.tape.pop(0)
-        grad, loss = super().learner_gradient(params, x, y)
-        self.tape.append((grad.clone(), loss.clone()))
-        return grad, loss
+    def inner_update(self, params):
+        update = super().inner_update(params)
+
+        def recorded(params, grads, loss, state, step):
+            if self.replay:
+                grads, loss = self.tape.pop(0)
+            else:
+                self.tape.append(({k: g.clone() for k, g in grads.items()}, loss.clone()))
+            return update(params, grads, loss, state, step)
+
+        return recorded
 
 
 def test_meta_gradient_of_the_training_step_matches_finite_differences():
@@ -151,8 +157,8 @@ def test_meta_gradient_of_the_training_step_matches_finite_differences():
         ("update_rule.input_weight", (1,)), ("update_rule.input_weight", (h,)), ("update_rule.input_weight", (h + 1,)),
         ("update_rule.forget_bias", ()), ("update_rule.input_bias", ()),
         ("update_rule.weight_ih", (2, 1)), ("update_rule.weight_hh", (5, 2)), ("update_rule.bias", (7,)),
-        ("learner.features.0.0.weight", (1, 0, 1, 2)), ("learner.features.2.1.weight", (0,)),
-        ("learner.head.weight", (1, 2)), ("learner.head.bias", (0,)),
+        ("backbone.features.0.0.weight", (1, 0, 1, 2)), ("backbone.features.2.1.weight", (0,)),
+        ("backbone.head.weight", (1, 2)), ("backbone.head.bias", (0,)),
     ]
     parameters = dict(reference.named_parameters())
     eps = 1e-6
@@ -193,7 +199,7 @@ def test_gradients_of_the_learner_are_inputs_not_part_of_the_graph():
         down = model.training_objective(dict(model.named_parameters()), *task)[0].item()
     assert grads["update_rule.input_bias"].item() == pytest.approx((up - down) / (2 * eps), rel=1e-6)
     # the learner's initial weights do reach the meta-loss through c_1 = f * c_0 - ...
-    assert grads["learner.head.weight"].abs().sum() > 0
+    assert grads["backbone.head.weight"].abs().sum() > 0
 
 
 # ---------------------------------------------------------------------------------------------- learning
@@ -245,16 +251,13 @@ def test_learned_update_beats_sgd_with_the_best_of_a_grid_of_rates(trained):
     model, data, _ = trained
     data.setup("test")
     params = {name: p.detach() for name, p in model.named_parameters()}
-    init = sub_params(params, "learner")
+    init = sub_params(params, "backbone")
     ours = query_losses(model, data, lambda t: model.adapt(params, t.support_x, t.support_y, INNER_STEPS, None))
 
     def sgd(lr: float):
         def update(task):
-            weights = dict(init)
-            for _ in range(INNER_STEPS):
-                grad, _ = model.learner_gradient(weights, task.support_x, task.support_y)
-                weights = model.unflatten(model.flatten(weights) - lr * grad)
-            return weights
+            support_loss = supervised_loss(model.forward_learner, task.support_x, task.support_y, model.inner_loss)
+            return adapt(support_loss, init, INNER_STEPS, SGD(lr), "none")[-1]
         return update
 
     grid = {lr: query_losses(model, data, sgd(lr)).mean().item() for lr in (0.03, 0.1, 0.3, 1.0, 3.0)}

@@ -22,7 +22,8 @@ from torch.func import functional_call
 
 from lightning_meta import MAML, MANN, SNAIL, ClassImages, MetaLearnerLSTM, TaskBatch
 from lightning_meta.data import bundled_path
-from lightning_meta.inner_loop import adapt, constant_step_size
+from lightning_meta.inner_loop import adapt, supervised_loss
+from lightning_meta.inner_updates import SGD
 from lightning_meta.models import MLP, Conv4
 
 
@@ -66,8 +67,8 @@ def test_fp16_inner_gradients_underflow_unless_scaled():
 
     def body_update(loss_scale: float, dtype) -> torch.Tensor:
         with torch.autocast("cpu", dtype=dtype or torch.float16, enabled=dtype is not None):
-            trajectory = adapt(lambda p, inputs: functional_call(net, p, (inputs,)), params, x, y,
-                               loss_fn=F.mse_loss, steps=1, step_size=constant_step_size(1.0), first_order=True,
+            support_loss = supervised_loss(lambda p, inputs: functional_call(net, p, (inputs,)), x, y, F.mse_loss)
+            trajectory = adapt(support_loss, params, steps=1, update=SGD(1.0), graph="first_order",
                                loss_scale=loss_scale)
         return torch.cat([(trajectory[1][k] - params[k]).flatten() for k in params if k.startswith("features")])
 

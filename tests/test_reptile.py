@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader
 from lightning_meta import ConfigurationError, NpzDataModule, SinusoidDataModule
 from lightning_meta.algorithms.reptile import INNER_BATCH_SEED, Reptile
 from lightning_meta.data.episodes import episode_generator
+from lightning_meta.inner_loop import example_order
 from lightning_meta.models import MLP, Conv4
 
 def small_conv(ways: int = 3, **kwargs) -> Conv4:
@@ -37,14 +38,14 @@ def test_one_task_update_is_epsilon_times_phi_minus_theta(inner_optimizer, inner
     epsilon, steps = 0.3, 3
     model = Reptile(small_conv(), inner_optimizer=inner_optimizer, inner_lr=0.1 if inner_optimizer == "sgd" else 0.01,
                     inner_steps=steps, inner_batch_size=inner_batch_size, outer_lr=epsilon)
-    net = copy.deepcopy(model.model).double()
+    net = copy.deepcopy(model.backbone).double()
     theta = {name: p.detach().clone() for name, p in net.named_parameters()}
 
     # by hand: torch.optim on a copy, on support + query pooled, mini-batches in the documented order
     x = torch.cat([batch.support_x[0], batch.query_x[0]]).double()
     y = torch.cat([batch.support_y[0], batch.query_y[0]])
     generator = episode_generator(INNER_BATCH_SEED, "train", 0, 0)
-    order = Reptile.inner_order(len(x), steps, inner_batch_size, generator)
+    order = example_order(len(x), steps, inner_batch_size, generator)
     size = len(order) // steps
     if inner_optimizer == "sgd":
         optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
@@ -58,7 +59,7 @@ def test_one_task_update_is_epsilon_times_phi_minus_theta(inner_optimizer, inner
     phi = dict(net.named_parameters())
 
     fit_one_step(model, batch)
-    after = dict(model.model.named_parameters())
+    after = dict(model.backbone.named_parameters())
     for name in theta:
         expected = theta[name] + epsilon * (phi[name].detach() - theta[name])
         torch.testing.assert_close(after[name].detach(), expected, rtol=1e-9, atol=1e-12, msg=name)
@@ -66,13 +67,13 @@ def test_one_task_update_is_epsilon_times_phi_minus_theta(inner_optimizer, inner
 
 
 def test_mini_batches_shuffle_epoch_after_epoch():
-    order = Reptile.inner_order(10, 7, 4, torch.Generator().manual_seed(0))
+    order = example_order(10, 7, 4, torch.Generator().manual_seed(0))
     assert order.shape == (28,)
     for start in (0, 10, 20):  # each block of 10 is a permutation of the set (the last one cut short)
         block = order[start:start + 10].tolist()
         assert len(set(block)) == len(block)
-    assert torch.equal(Reptile.inner_order(10, 3, None, None), torch.arange(10).repeat(3))
-    assert torch.equal(Reptile.inner_order(10, 3, 12, None), torch.arange(10).repeat(3))
+    assert torch.equal(example_order(10, 3, None, None), torch.arange(10).repeat(3))
+    assert torch.equal(example_order(10, 3, 12, None), torch.arange(10).repeat(3))
 
 
 def test_loop_and_vmap_give_the_same_update():
@@ -122,13 +123,13 @@ def test_non_transductive_queries_are_independent_and_transductive_ones_are_not(
     alone = copy.deepcopy(batch)
     alone.query_x, alone.query_y = batch.query_x[:, :1], batch.query_y[:, :1]
 
-    plain = Reptile(**{**base.hparams, "backbone": base.model, "transductive": False})
+    plain = Reptile(**{**base.hparams, "backbone": base.backbone, "transductive": False})
     plain.load_state_dict(base.state_dict())
     first, other, single = (query_predictions(plain, b) for b in (batch, changed, alone))
     torch.testing.assert_close(other[:, 0], first[:, 0])   # query 0 ignores the other queries
     torch.testing.assert_close(single[:, 0], first[:, 0])  # = predicted with the support set alone
 
-    transductive = Reptile(**{**base.hparams, "backbone": base.model, "transductive": True})
+    transductive = Reptile(**{**base.hparams, "backbone": base.backbone, "transductive": True})
     transductive.load_state_dict(base.state_dict())
     first_t, other_t = query_predictions(transductive, batch), query_predictions(transductive, changed)
     assert (other_t[:, 0] - first_t[:, 0]).abs().max() > 1e-3  # BatchNorm over the query set

@@ -6,7 +6,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from lightning_meta.algorithms.maml import MAML
-from lightning_meta.errors import ConfigurationError
+from lightning_meta.errors import MODEL_ARGS, ConfigurationError
 from lightning_meta.inner_loop import Forward, Params, sub_params
 from lightning_meta.models.backbone import build_module
 
@@ -37,15 +37,15 @@ class ANIL(MAML):
             if not isinstance(getattr(net, name, None), nn.Module):
                 raise ConfigurationError(
                     f"ANIL needs the backbone to be head(body(x)) but {type(net).__name__} has no submodule "
-                    f"{name!r} ({role}): set model.init_args.{role} to the name of that submodule")
+                    f"{name!r} ({role}): set {MODEL_ARGS}{role} to the name of that submodule")
         super().__init__(net, inner_lr, **kwargs)
 
     def is_adapted(self, name: str) -> bool:
         return name.startswith(self.head_name + ".")
 
     def prepare_task(self, params: Params, support_x: Tensor, query_x: Tensor) -> tuple[Params, Forward, Tensor, Tensor]:
-        body = getattr(self.model, self.body_name)
-        head = getattr(self.model, self.head_name)
+        body = getattr(self.backbone, self.body_name)
+        head = getattr(self.backbone, self.head_name)
         body_params = sub_params(params, self.body_name)
         support_features = functional_call(body, body_params, (support_x,))
         query_features = functional_call(body, body_params, (query_x,))

@@ -2,23 +2,25 @@
 
 from __future__ import annotations
 
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from lightning_meta.algorithms.base import FIELD, MetaLearner
-from lightning_meta.errors import ConfigurationError, optional_positive, require_positive
+from lightning_meta.algorithms.base import MetaLearner
+from lightning_meta.errors import MODEL_ARGS, ConfigurationError, optional_positive, require_positive
 from lightning_meta.inner_loop import (
-    STEP_SIZE_KINDS,
     Forward,
+    Graph,
     Params,
-    StepSizes,
+    Update,
     adapt,
     multi_step_weights,
     sub_params,
+    supervised_loss,
 )
+from lightning_meta.inner_updates import SGD, StepSizeKind, StepSizes
 from lightning_meta.models.backbone import build_module
 
 
@@ -43,10 +45,18 @@ class MAML(MetaLearner):
         test_inner_steps: inner-loop steps at validation and test (default: ``inner_steps``).
         first_order: drop second-order terms of the meta-gradient (FOMAML).
         step_sizes: ``"fixed"``, ``"per_parameter"`` (Meta-SGD) or ``"per_layer_per_step"`` (MAML++).
-        Remaining arguments: see :class:`~lightning_meta.algorithms.base.MetaLearner`.
+        multi_step_loss: meta-train on the query loss after every inner step (MAML++).
+        multi_step_loss_epochs: epochs over which the multi-step weights anneal towards the last step.
+        first_order_epochs: train first-order for this many epochs, then second-order (MAML++).
+        Remaining arguments (``batching``, ``chunk_size``, ``outer_lr``, ``gradient_clip_val``,
+        ``accumulate_grad_batches``): see :class:`~lightning_meta.algorithms.base.MetaLearner`.
+
+    The adapted network is ``self.backbone`` (checkpoints from before it was renamed from ``model`` load:
+    :attr:`renamed_prefixes`).  The inner loop runs through :func:`lightning_meta.inner_loop.adapt`.
 
     Hooks to override: :meth:`inner_loss` (the support loss adapted on), :meth:`query_loss` (the
-    meta-objective), :meth:`prepare_task` (what is adapted and on which inputs).
+    meta-objective), :meth:`prepare_task` (what is adapted and on which inputs), :meth:`inner_update`
+    (the update rule).
 
     References:
         Finn, Abbeel, Levine. "Model-Agnostic Meta-Learning for Fast Adaptation of Deep Networks." ICML 2017.
@@ -62,6 +72,8 @@ class MAML(MetaLearner):
         pl.Trainer(max_epochs=10, inference_mode=False).fit(model, SinusoidDataModule())
     """
 
+    renamed_prefixes = {"model.": "backbone."}
+
     def __init__(
         self,
         backbone: nn.Module,
@@ -69,27 +81,19 @@ class MAML(MetaLearner):
         inner_steps: int = 1,
         test_inner_steps: Optional[int] = None,
         first_order: bool = False,
-        step_sizes: str = "fixed",
+        step_sizes: StepSizeKind = "fixed",
         multi_step_loss: bool = False,
         multi_step_loss_epochs: int = 10,
         first_order_epochs: int = 0,
-        outer_lr: float = 1e-3,
-        gradient_clip_val: Optional[float] = None,
-        accumulate_grad_batches: int = 1,
-        batching: str = "auto",
-        chunk_size: Optional[int] = None,
+        **kwargs: Any,
     ):
-        super().__init__(batching=batching, chunk_size=chunk_size, outer_lr=outer_lr, gradient_clip_val=gradient_clip_val,
-                         accumulate_grad_batches=accumulate_grad_batches)
-        require_positive(FIELD + "inner_lr", inner_lr, integer=False)
-        require_positive(FIELD + "inner_steps", inner_steps)
-        optional_positive(FIELD + "test_inner_steps", test_inner_steps)
-        require_positive(FIELD + "multi_step_loss_epochs", multi_step_loss_epochs)
-        require_positive(FIELD + "first_order_epochs", first_order_epochs, allow_zero=True)
-        if step_sizes not in STEP_SIZE_KINDS:
-            raise ConfigurationError(
-                f"{FIELD}step_sizes={step_sizes!r} is unknown: choose one of {', '.join(STEP_SIZE_KINDS)}")
-        self.model = build_module(backbone)
+        super().__init__(**kwargs)
+        require_positive(MODEL_ARGS + "inner_lr", inner_lr, integer=False)
+        require_positive(MODEL_ARGS + "inner_steps", inner_steps)
+        optional_positive(MODEL_ARGS + "test_inner_steps", test_inner_steps)
+        require_positive(MODEL_ARGS + "multi_step_loss_epochs", multi_step_loss_epochs)
+        require_positive(MODEL_ARGS + "first_order_epochs", first_order_epochs, allow_zero=True)
+        self.backbone = build_module(backbone)
         self.inner_lr = inner_lr
         self.inner_steps = inner_steps
         self.test_inner_steps = test_inner_steps or inner_steps
@@ -97,7 +101,7 @@ class MAML(MetaLearner):
         self.multi_step_loss = multi_step_loss
         self.multi_step_loss_epochs = multi_step_loss_epochs
         self.first_order_epochs = first_order_epochs
-        shapes = {name: p.shape for name, p in self.model.named_parameters() if self.is_adapted(name)}
+        shapes = {name: p.shape for name, p in self.backbone.named_parameters() if self.is_adapted(name)}
         if not shapes:
             raise ConfigurationError(f"{type(self).__name__} adapts no parameter of the backbone")
         self.step_sizes = StepSizes(shapes, inner_steps, inner_lr, step_sizes)
@@ -121,7 +125,14 @@ class MAML(MetaLearner):
         MAML adapts every weight on the raw inputs; ANIL overrides this to adapt the head on body
         features computed once.
         """
-        return params, lambda p, x: functional_call(self.model, p, (x,)), support_x, query_x
+        return params, lambda p, x: functional_call(self.backbone, p, (x,)), support_x, query_x
+
+    def inner_update(self, params: Params) -> Update:
+        """The inner-loop update rule, given the meta-parameters ``params`` (``named_parameters`` keys):
+        SGD with the step sizes of ``step_sizes`` (learned ones read from ``params``, so they get
+        meta-gradients).  Override to adapt with another rule of :mod:`lightning_meta.inner_updates`,
+        e.g. ``MomentumSGD(self.inner_lr, 0.9)``."""
+        return SGD(self.step_sizes.bind(sub_params(params, "step_sizes")))
 
     # ------------------------------------------------------------------ the MetaLearner contract
     @property
@@ -130,10 +141,8 @@ class MAML(MetaLearner):
 
     def training_objective(self, params: Params, support_x: Tensor, support_y: Tensor, query_x: Tensor,
                            query_y: Tensor) -> tuple[Tensor, Tensor]:
-        fast, forward, support_in, query_in = self.prepare_task(sub_params(params, "model"), support_x, query_x)
-        trajectory = adapt(forward, fast, support_in, support_y, loss_fn=self.inner_loss, steps=self.inner_steps,
-                           step_size=self.step_sizes.bind(sub_params(params, "step_sizes")),
-                           first_order=self.uses_first_order, loss_scale=self.inner_loss_scale)
+        graph: Graph = "first_order" if self.uses_first_order else "second_order"
+        trajectory, forward, query_in = self.adapt_task(params, support_x, support_y, query_x, self.inner_steps, graph)
         predictions = forward(trajectory[-1], query_in)
         if not self.multi_step_loss:
             return self.query_loss(predictions, query_y), predictions
@@ -141,6 +150,15 @@ class MAML(MetaLearner):
         losses = [self.query_loss(forward(p, query_in), query_y) for p in trajectory[1:-1]]
         losses.append(self.query_loss(predictions, query_y))
         return sum(w * loss for w, loss in zip(weights.tolist(), losses)), predictions
+
+    def adapt_task(self, params: Params, support_x: Tensor, support_y: Tensor, query_x: Tensor, steps: int,
+                   graph: Graph) -> tuple[list[Params], Forward, Tensor]:
+        """One task's adaptation from the meta-parameters ``params``: ``(weights after 0..steps steps, forward,
+        query inputs)``, differentiable as ``graph`` says (see :func:`lightning_meta.inner_loop.adapt`)."""
+        fast, forward, support_in, query_in = self.prepare_task(sub_params(params, "backbone"), support_x, query_x)
+        support_loss = supervised_loss(forward, support_in, support_y, self.inner_loss)
+        trajectory = adapt(support_loss, fast, steps, self.inner_update(params), graph, self.inner_loss_scale)
+        return trajectory, forward, query_in
 
     def evaluate_task(self, support_x: Tensor, support_y: Tensor, query_x: Tensor,
                       query_y: Tensor) -> tuple[Tensor, Tensor]:
@@ -153,7 +171,7 @@ class MAML(MetaLearner):
         """Query predictions ``[steps + 1, M, ...]`` of one task after 0, 1, ..., ``steps`` inner steps.
 
         ``steps`` defaults to ``test_inner_steps``.  The task adapts as :meth:`evaluate_task` adapts it
-        (first order, from the detached meta-learned weights), so entry 0 is its prediction before
+        (no graph, from the detached meta-learned weights), so entry 0 is its prediction before
         adaptation and entry ``test_inner_steps`` its prediction after.  Needs gradients (not under
         ``torch.inference_mode()``); works under ``torch.func.vmap`` like :meth:`evaluate_task`.
         :class:`~lightning_meta.callbacks.AdaptationCurve` draws the accuracy (MSE) after each step
@@ -171,13 +189,9 @@ class MAML(MetaLearner):
 
     def _evaluation_trajectory(self, support_x: Tensor, support_y: Tensor, query_x: Tensor,
                                steps: int) -> tuple[list[Params], Forward, Tensor]:
-        """Evaluation-time adaptation of one task: ``(weights after 0..steps steps, forward, query inputs)``."""
+        """Evaluation-time adaptation of one task, from the detached meta-learned weights."""
         params = {name: p.detach() for name, p in self.named_parameters()}
-        fast, forward, support_in, query_in = self.prepare_task(sub_params(params, "model"), support_x, query_x)
-        trajectory = adapt(forward, fast, support_in, support_y, loss_fn=self.inner_loss,
-                           steps=steps, step_size=self.step_sizes.bind(sub_params(params, "step_sizes")),
-                           first_order=True, loss_scale=self.inner_loss_scale)
-        return trajectory, forward, query_in
+        return self.adapt_task(params, support_x, support_y, query_x, steps, "none")
 
     def probe(self, x: Tensor) -> Union[Tensor, None]:
-        return self.model(x)
+        return self.backbone(x)

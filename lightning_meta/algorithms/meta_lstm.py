@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 import math
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from lightning_meta.algorithms.base import FIELD, MetaLearner
-from lightning_meta.errors import ConfigurationError, optional_positive, require_positive
-from lightning_meta.inner_loop import Params, inner_gradients, require_batch_statistics, sub_params
+from lightning_meta.algorithms.base import Batching, MetaLearner
+from lightning_meta.errors import MODEL_ARGS, ConfigurationError, optional_positive, require_positive
+from lightning_meta.inner_loop import Params, Update, adapt, example_order, sub_params, supervised_loss
 from lightning_meta.models.backbone import build_module
-from lightning_meta.models.meta_lstm_cell import CoordinateMetaLSTM, MetaLSTMState, preprocess_gradient
+from lightning_meta.models.meta_lstm_cell import (
+    CoordinateMetaLSTM,
+    FlatLayout,
+    MetaLSTMState,
+    MetaLSTMUpdate,
+    preprocess_gradient,
+)
+from lightning_meta.models.norm import require_norm_statistics
 
 
 class MetaLearnerLSTM(MetaLearner):
@@ -24,7 +31,7 @@ class MetaLearnerLSTM(MetaLearner):
     flattened to a vector of ``n`` coordinates, which is the cell state of a two-layer LSTM
     (:class:`~lightning_meta.models.meta_lstm_cell.CoordinateMetaLSTM`) shared by all coordinates:
 
-    * ``c_0`` is the learned initialisation: the learner module's own parameters (``learner.*``), a
+    * ``c_0`` is the learned initialisation: the learner module's own parameters (``backbone.*``), a
       meta-parameter like the LSTM weights;
     * each inner step computes the support loss ``L_t`` and gradient ``grad_t`` of the learner at
       ``c_{t-1}``, feeds ``[preprocess(L_t), preprocess(grad_t)]`` (:meth:`preprocess`, Andrychowicz
@@ -64,14 +71,19 @@ class MetaLearnerLSTM(MetaLearner):
         forget_bias: initial forget gate bias ``b_f`` (``sigmoid(4.5) = 0.989``).
         init_range: LSTM weights start uniform in ``[-init_range, init_range]`` (0.01 in the code).
         preprocess_p: the ``p`` of the gradient/loss preprocessing (10 in both papers).
-        outer_lr: Adam's learning rate (1e-3 in the paper).
         gradient_clip_val: meta-gradient norm clipping (0.25 in the paper; ``None`` turns it off).
-        Remaining arguments: see :class:`~lightning_meta.algorithms.base.MetaLearner` (``batching``
-        defaults to ``"loop"``: the paper's meta-batch is one task and Conv4 runs slower vmapped on CPU).
+        batching: ``"loop"`` by default: the paper's meta-batch is one task and Conv4 runs slower vmapped
+            on CPU (see :class:`~lightning_meta.algorithms.base.MetaLearner`).
+        Remaining arguments (``outer_lr``: Adam's learning rate, 1e-3 as in the paper; ``chunk_size``,
+        ``accumulate_grad_batches``): see :class:`~lightning_meta.algorithms.base.MetaLearner`.
+
+    The learner is ``self.backbone`` (checkpoints from before it was renamed from ``learner`` load:
+    :attr:`renamed_prefixes`); the inner loop runs through :func:`lightning_meta.inner_loop.adapt` with
+    the LSTM as its update rule (:class:`~lightning_meta.models.meta_lstm_cell.MetaLSTMUpdate`).
 
     Hooks to override: :meth:`preprocess` (the input encoding), :meth:`lstm_inputs` (what layer 1
-    reads), :meth:`learner_gradient` (the support loss and gradient), :meth:`on_inner_step` (called
-    after every update with the gates, e.g. to log them).
+    reads), :meth:`inner_loss` (the support loss), :meth:`inner_update` (the update rule),
+    :meth:`on_inner_step` (called after every update with the gates, e.g. to log them).
 
     References:
         Ravi, Larochelle. "Optimization as a Model for Few-Shot Learning." ICLR 2017.
@@ -90,6 +102,8 @@ class MetaLearnerLSTM(MetaLearner):
         pl.Trainer(max_steps=75_000, inference_mode=False).fit(model, data)
     """
 
+    renamed_prefixes = {"learner.": "backbone."}
+
     def __init__(
         self,
         backbone: nn.Module,
@@ -102,37 +116,33 @@ class MetaLearnerLSTM(MetaLearner):
         forget_bias: float = 4.5,
         init_range: float = 0.01,
         preprocess_p: float = 10.0,
-        outer_lr: float = 1e-3,
         gradient_clip_val: Optional[float] = 0.25,
-        accumulate_grad_batches: int = 1,
-        batching: str = "loop",
-        chunk_size: Optional[int] = None,
+        batching: Batching = "loop",
+        **kwargs: Any,
     ):
-        super().__init__(batching=batching, chunk_size=chunk_size, outer_lr=outer_lr, gradient_clip_val=gradient_clip_val,
-                         accumulate_grad_batches=accumulate_grad_batches)
-        require_positive(FIELD + "inner_steps", inner_steps)
-        optional_positive(FIELD + "test_inner_steps", test_inner_steps)
-        optional_positive(FIELD + "inner_batch_size", inner_batch_size)
-        optional_positive(FIELD + "test_inner_batch_size", test_inner_batch_size)
-        require_positive(FIELD + "hidden_size", hidden_size)
-        require_positive(FIELD + "inner_lr", inner_lr, integer=False)
+        super().__init__(gradient_clip_val=gradient_clip_val, batching=batching, **kwargs)
+        require_positive(MODEL_ARGS + "inner_steps", inner_steps)
+        optional_positive(MODEL_ARGS + "test_inner_steps", test_inner_steps)
+        optional_positive(MODEL_ARGS + "inner_batch_size", inner_batch_size)
+        optional_positive(MODEL_ARGS + "test_inner_batch_size", test_inner_batch_size)
+        require_positive(MODEL_ARGS + "hidden_size", hidden_size)
+        require_positive(MODEL_ARGS + "inner_lr", inner_lr, integer=False)
         if inner_lr >= 1:
             raise ConfigurationError(
-                f"{FIELD}inner_lr={inner_lr!r} is invalid: it is the initial input gate sigmoid(b_i), which lies "
+                f"{MODEL_ARGS}inner_lr={inner_lr!r} is invalid: it is the initial input gate sigmoid(b_i), which lies "
                 "in (0, 1); the paper starts near 0.01")
         if not isinstance(forget_bias, (int, float)) or isinstance(forget_bias, bool) or not math.isfinite(forget_bias):
-            raise ConfigurationError(f"{FIELD}forget_bias={forget_bias!r} is invalid: it must be a finite number "
+            raise ConfigurationError(f"{MODEL_ARGS}forget_bias={forget_bias!r} is invalid: it must be a finite number "
                                      "(the paper starts near 4.5, a forget gate of 0.99)")
-        require_positive(FIELD + "init_range", init_range, allow_zero=True, integer=False)
-        require_positive(FIELD + "preprocess_p", preprocess_p, integer=False)
-        self.learner = build_module(backbone)
-        require_batch_statistics(self.learner, "the Meta-Learner LSTM")
-        self.shapes = {name: p.shape for name, p in self.learner.named_parameters()}
-        if not self.shapes:
-            raise ConfigurationError(f"{FIELD}backbone has no parameters for the Meta-Learner LSTM to train")
-        self.channels_last = {name for name, p in self.learner.named_parameters()
-                              if p.dim() == 4 and p.is_contiguous(memory_format=torch.channels_last)
-                              and not p.is_contiguous()}
+        require_positive(MODEL_ARGS + "init_range", init_range, allow_zero=True, integer=False)
+        require_positive(MODEL_ARGS + "preprocess_p", preprocess_p, integer=False)
+        self.backbone = build_module(backbone)
+        require_norm_statistics(self.backbone, running=False, field=MODEL_ARGS + "backbone",
+                                why="the inner loop would update running statistics in place and mix them across "
+                                    "tasks; the Meta-Learner LSTM normalises with batch statistics")
+        self.layout = FlatLayout.of(self.backbone)
+        if not self.layout.shapes:
+            raise ConfigurationError(f"{MODEL_ARGS}backbone has no parameters for the Meta-Learner LSTM to train")
         self.update_rule = CoordinateMetaLSTM(input_size=4, hidden_size=hidden_size, forget_bias=forget_bias,
                                               input_bias=math.log(inner_lr / (1 - inner_lr)), init_range=init_range)
         self.inner_steps = inner_steps
@@ -160,80 +170,46 @@ class MetaLearnerLSTM(MetaLearner):
         """The support loss the learner is trained on (cross-entropy)."""
         return self.loss(predictions, targets)
 
-    def learner_gradient(self, params: Params, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        """``(flat gradient [n], loss)`` of :meth:`inner_loss` at ``params``, both detached (the paper's
-        "ignore second derivatives": they are inputs of the meta-learner, not part of its graph)."""
-        detached = {name: p.detach() for name, p in params.items()}
-        scale = self.inner_loss_scale
-        seen: list[Tensor] = []
-
-        def support_loss(p: Params) -> Tensor:
-            loss = self.inner_loss(self.forward_learner(p, x), y)
-            seen.append(loss)
-            return loss * scale
-
-        if torch._C._functorch.peek_interpreter_stack() is not None:  # under vmap: the value from the transform
-            grads, scaled = torch.func.grad_and_value(support_loss)(detached)
-            loss = scaled / scale
-        else:  # the engine's autograd path (faster in loop mode, no graph kept)
-            grads = inner_gradients(support_loss, detached, first_order=True)
-            loss = seen[0]
-        flat = torch.cat([grads[name].reshape(-1) for name in self.shapes]) / scale
-        return flat.detach(), loss.detach()
-
     def on_inner_step(self, step: int, loss: Tensor, state: MetaLSTMState) -> None:
         """Called after update ``step`` (0-based) with the support loss it descended and the new LSTM
         state (``state.forget`` / ``state.input``: the gates of every coordinate, ``[n]``).  No-op."""
 
-    # ------------------------------------------------------------------ the learner as a flat vector
+    def inner_update(self, params: Params) -> Update:
+        """The inner-loop update rule given the meta-parameters ``params`` (``named_parameters`` keys): the
+        LSTM with the weights ``update_rule.*`` of ``params`` (passed functionally, so they get
+        meta-gradients), reading :meth:`lstm_inputs`, then :meth:`on_inner_step`."""
+        rule = MetaLSTMUpdate(self.update_rule, sub_params(params, "update_rule"), self.layout, self.lstm_inputs)
+
+        def update(params: Params, grads: Params, loss: Tensor, state: Optional[MetaLSTMState],
+                   step: int) -> tuple[Params, MetaLSTMState]:
+            params, state = rule(params, grads, loss, state, step)
+            self.on_inner_step(step, loss, state)
+            return params, state
+
+        return update
+
+    # ------------------------------------------------------------------ the learner run functionally
     def forward_learner(self, params: Params, x: Tensor) -> Tensor:
         """The learner run with the weights ``params`` (no mutation)."""
-        return functional_call(self.learner, params, (x,))
-
-    def flatten(self, params: Params) -> Tensor:
-        """The learner's parameters as one vector ``[n]`` (``named_parameters`` order)."""
-        return torch.cat([params[name].reshape(-1) for name in self.shapes])
-
-    def unflatten(self, flat: Tensor) -> Params:
-        """The inverse of :meth:`flatten` (4-D weights back in the learner's memory format)."""
-        sizes = [math.prod(shape) for shape in self.shapes.values()]
-        params = {}
-        for (name, shape), chunk in zip(self.shapes.items(), torch.split(flat, sizes)):
-            value = chunk.reshape(shape)
-            if name in self.channels_last and torch._C._functorch.peek_interpreter_stack() is None:
-                value = value.contiguous(memory_format=torch.channels_last)
-            params[name] = value
-        return params
+        return functional_call(self.backbone, params, (x,))
 
     def adapt(self, params: Params, support_x: Tensor, support_y: Tensor, steps: int,
               batch_size: Optional[int]) -> Params:
         """Train the learner on the support set with ``steps`` LSTM updates.
 
-        ``params`` holds the meta-parameters (``learner.*`` = ``c_0`` and ``update_rule.*``); returns the
+        ``params`` holds the meta-parameters (``backbone.*`` = ``c_0`` and ``update_rule.*``); returns the
         learner's final weights ``c_T`` as a dict, differentiable w.r.t. them (see the class docstring
-        for what the meta-gradient ignores).
+        for what the meta-gradient ignores: the engine's ``graph="first_order"``).  Update ``t`` takes
+        the batch ``t`` of :func:`~lightning_meta.inner_loop.example_order` (no generator: the support set
+        in order, cyclically).
         """
-        c = self.flatten(sub_params(params, "learner"))
-        rule = sub_params(params, "update_rule")
-        order = self.batch_order(support_x.shape[0], steps, batch_size).to(support_x.device)
-        per_step = order.shape[0] // steps
-        state: Optional[MetaLSTMState] = None
-        for step in range(steps):
-            chosen = order[step * per_step:(step + 1) * per_step]
-            x, y = (support_x, support_y) if per_step == support_x.shape[0] else (support_x[chosen], support_y[chosen])
-            grad, loss = self.learner_gradient(self.unflatten(c), x, y)
-            c, state = functional_call(self.update_rule, rule, (self.lstm_inputs(grad, loss), grad, c, state))
-            self.on_inner_step(step, loss, state)
-        return self.unflatten(c)
-
-    @staticmethod
-    def batch_order(size: int, steps: int, batch_size: Optional[int]) -> Tensor:
-        """Indices ``[steps * b]`` of the support examples of each update (update ``t``: entries
-        ``t*b .. t*b+b-1``): the whole set each time, or consecutive batches of ``b`` walking the set
-        in order, cyclically (a batch may wrap around)."""
-        if batch_size is None or batch_size >= size:
-            return torch.arange(size).repeat(steps)
-        return torch.arange(steps * batch_size) % size
+        order = example_order(support_x.shape[0], steps, batch_size).to(support_x.device)
+        support_loss = supervised_loss(self.forward_learner, support_x, support_y, self.inner_loss,
+                                       order.reshape(steps, -1))
+        update = self.inner_update(params)
+        # c_0 in the memory layout every later update gives the weights, so that each update runs the same kernels
+        start = self.layout.unflatten(self.layout.flatten(sub_params(params, "backbone")))
+        return adapt(support_loss, start, steps, update, "first_order", self.inner_loss_scale)[-1]
 
     # ------------------------------------------------------------------ the MetaLearner contract
     def training_objective(self, params: Params, support_x: Tensor, support_y: Tensor, query_x: Tensor,
@@ -247,8 +223,8 @@ class MetaLearnerLSTM(MetaLearner):
         params = {name: p.detach() for name, p in self.named_parameters()}
         final = self.adapt(params, support_x, support_y, self.test_inner_steps, self.test_inner_batch_size)
         after = self.forward_learner({k: v.detach() for k, v in final.items()}, query_x).detach()
-        before = self.forward_learner(sub_params(params, "learner"), query_x).detach()
+        before = self.forward_learner(sub_params(params, "backbone"), query_x).detach()
         return after, before
 
     def probe(self, x: Tensor) -> Union[Tensor, None]:
-        return self.learner(x)
+        return self.backbone(x)

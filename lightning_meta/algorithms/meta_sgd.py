@@ -20,7 +20,7 @@ class MetaSGD(MAML):
     Example::
 
         model = MetaSGD(Conv4(out_features=5), inner_lr=0.1, inner_steps=1)
-        model.step_sizes.rates[0].shape == model.model.features[0][0].weight.shape   # True
+        model.step_sizes.rates[0].shape == model.backbone.features[0][0].weight.shape   # True
     """
 
     def __init__(self, backbone: nn.Module, inner_lr: float = 0.1, **kwargs):

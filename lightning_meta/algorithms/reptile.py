@@ -3,71 +3,40 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Literal, Optional, Union
 
 import torch
 from pytorch_lightning.utilities import rank_zero_info
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
-from lightning_meta.algorithms.base import FIELD, MetaLearner
+from lightning_meta.algorithms.base import MetaLearner
 from lightning_meta.data.episodes import episode_generator
 from lightning_meta.data.sequences import OrderedTasks, episode_addresses
-from lightning_meta.errors import ConfigurationError, optional_positive, require_positive
+from lightning_meta.errors import MODEL_ARGS, ConfigurationError, optional_positive, require_choice, require_positive
 from lightning_meta.inner_loop import (
     Forward,
     Params,
+    Update,
+    adapt,
+    example_order,
     has_batchnorm,
-    inner_gradients,
-    require_batch_statistics,
+    interpolation_loss,
     sub_params,
+    supervised_loss,
 )
+from lightning_meta.inner_updates import SGD, Adam
 from lightning_meta.models.backbone import build_module
+from lightning_meta.models.norm import require_norm_statistics
 from lightning_meta.tasks import TaskBatch
 
-INNER_OPTIMIZERS = ("sgd", "adam")
+InnerOptimizer = Literal["sgd", "adam"]
 
 #: salt of the generators that order the inner-loop mini-batches (distinct from the episode sampler's)
 INNER_BATCH_SEED = 20180308
 
 #: at most this many images per vectorised chunk in non-transductive evaluation (support + one query each)
 GROUP_IMAGES = 1024
-
-
-class InnerOptimizer:
-    """A functional first-order optimiser for the inner loop: plain SGD or Adam, fresh for each task.
-
-    ``step(params, grads)`` returns new parameters and keeps its moments in the object (one per task
-    adaptation, created by :meth:`Reptile.adapt`).  The Adam update is ``torch.optim.Adam``'s,
-    operation for operation (bias corrections included), so it can be checked against it.
-
-    Example::
-
-        opt = InnerOptimizer("adam", lr=1e-3, betas=(0.0, 0.999), eps=1e-8)
-        params = opt.step(params, grads)
-    """
-
-    def __init__(self, kind: str, lr: float, betas: Sequence[float] = (0.0, 0.999), eps: float = 1e-8):
-        self.kind, self.lr, self.eps = kind, lr, eps
-        self.beta1, self.beta2 = float(betas[0]), float(betas[1])
-        self.count = 0
-        self.exp_avg: Params = {}
-        self.exp_avg_sq: Params = {}
-
-    def step(self, params: Params, grads: Params) -> Params:
-        if self.kind == "sgd":
-            return {name: p - self.lr * grads[name] for name, p in params.items()}
-        self.count += 1
-        correction1 = 1 - self.beta1 ** self.count
-        correction2_sqrt = math.sqrt(1 - self.beta2 ** self.count)
-        updated = {}
-        for name, p in params.items():
-            g = grads[name]
-            m = self.exp_avg.get(name, torch.zeros_like(p)) * self.beta1 + g * (1 - self.beta1)
-            v = self.exp_avg_sq.get(name, torch.zeros_like(p)) * self.beta2 + g * g * (1 - self.beta2)
-            self.exp_avg[name], self.exp_avg_sq[name] = m, v
-            updated[name] = p - (self.lr / correction1) * m / (v.sqrt() / correction2_sqrt + self.eps)
-        return updated
 
 
 class Reptile(MetaLearner):
@@ -84,9 +53,10 @@ class Reptile(MetaLearner):
     linearly to that value over the run, as the paper does (to 0).  The logged ``train/loss`` is the
     query loss of ``phi_i`` (a training loss when the query set is trained on, see below).
 
-    Inner optimiser: a functional, first-order SGD or Adam (:class:`InnerOptimizer`) on the
-    parameter dict through the engine's :func:`~lightning_meta.inner_loop.inner_gradients`, not
-    ``torch.optim`` on a per-task copy of the module.  Reptile never differentiates through the
+    Inner optimiser: a functional, first-order SGD or Adam (:class:`~lightning_meta.inner_updates.SGD`,
+    :class:`~lightning_meta.inner_updates.Adam`) on the parameter dict through the engine's
+    :func:`~lightning_meta.inner_loop.adapt` (``graph="none"``), not ``torch.optim`` on a per-task copy
+    of the module.  Reptile never differentiates through the
     inner loop, so either would be correct; the functional one keeps the module unmutated (no
     deep copy per task), runs the tasks of a meta-batch under ``vmap`` (sinusoid MLPs) as well as in
     a loop, and protects fp16 inner gradients with the Trainer's loss scale.  The paper's Adam
@@ -132,9 +102,14 @@ class Reptile(MetaLearner):
         outer_lr: epsilon, the learning rate of the default SGD outer optimiser.
         outer_lr_final: anneal epsilon linearly from ``outer_lr`` to this value over the run
             (``trainer.max_steps``, or ``max_epochs`` batches); ``None``: constant.
-        Remaining arguments: see :class:`~lightning_meta.algorithms.base.MetaLearner`.
+        Remaining arguments (``batching``, ``chunk_size``, ``gradient_clip_val``,
+        ``accumulate_grad_batches``): see :class:`~lightning_meta.algorithms.base.MetaLearner`.
 
-    Hooks to override: :meth:`inner_loss` (the loss the inner loop descends), :meth:`adapt`.
+    The adapted network is ``self.backbone`` (checkpoints from before it was renamed from ``model`` load:
+    :attr:`renamed_prefixes`).
+
+    Hooks to override: :meth:`inner_loss` (the loss the inner loop descends), :meth:`inner_update` (the
+    inner optimiser), :meth:`adapt`.
 
     References:
         Nichol, Achiam, Schulman. "On First-Order Meta-Learning Algorithms." arXiv:1803.02999, 2018.
@@ -153,13 +128,15 @@ class Reptile(MetaLearner):
         pl.Trainer(max_steps=100_000, inference_mode=False).fit(model, data)
     """
 
+    renamed_prefixes = {"model.": "backbone."}
+
     def __init__(
         self,
         backbone: nn.Module,
         inner_lr: float = 1e-3,
         inner_steps: int = 5,
         test_inner_steps: Optional[int] = None,
-        inner_optimizer: str = "adam",
+        inner_optimizer: InnerOptimizer = "adam",
         inner_betas: tuple[float, float] = (0.0, 0.999),
         inner_eps: float = 1e-8,
         inner_batch_size: Optional[int] = None,
@@ -168,38 +145,34 @@ class Reptile(MetaLearner):
         transductive: bool = False,
         outer_lr: float = 1.0,
         outer_lr_final: Optional[float] = None,
-        gradient_clip_val: Optional[float] = None,
-        accumulate_grad_batches: int = 1,
-        batching: str = "auto",
-        chunk_size: Optional[int] = None,
+        **kwargs: Any,
     ):
-        super().__init__(batching=batching, chunk_size=chunk_size, outer_lr=outer_lr, gradient_clip_val=gradient_clip_val,
-                         accumulate_grad_batches=accumulate_grad_batches)
-        require_positive(FIELD + "inner_lr", inner_lr, integer=False)
-        require_positive(FIELD + "inner_steps", inner_steps)
-        optional_positive(FIELD + "test_inner_steps", test_inner_steps)
-        optional_positive(FIELD + "inner_batch_size", inner_batch_size)
-        optional_positive(FIELD + "test_inner_batch_size", test_inner_batch_size)
-        require_positive(FIELD + "inner_eps", inner_eps, integer=False)
-        if inner_optimizer not in INNER_OPTIMIZERS:
-            raise ConfigurationError(
-                f"{FIELD}inner_optimizer={inner_optimizer!r} is unknown: choose one of {', '.join(INNER_OPTIMIZERS)}")
+        super().__init__(outer_lr=outer_lr, **kwargs)
+        require_positive(MODEL_ARGS + "inner_lr", inner_lr, integer=False)
+        require_positive(MODEL_ARGS + "inner_steps", inner_steps)
+        optional_positive(MODEL_ARGS + "test_inner_steps", test_inner_steps)
+        optional_positive(MODEL_ARGS + "inner_batch_size", inner_batch_size)
+        optional_positive(MODEL_ARGS + "test_inner_batch_size", test_inner_batch_size)
+        require_positive(MODEL_ARGS + "inner_eps", inner_eps, integer=False)
+        require_choice(MODEL_ARGS + "inner_optimizer", inner_optimizer, InnerOptimizer)
         betas = tuple(inner_betas) if isinstance(inner_betas, (list, tuple)) else ()
         if len(betas) != 2 or not all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1
                                       for b in betas):
             raise ConfigurationError(
-                f"{FIELD}inner_betas={inner_betas!r} is invalid: give two numbers in [0, 1), e.g. [0.0, 0.999]")
+                f"{MODEL_ARGS}inner_betas={inner_betas!r} is invalid: give two numbers in [0, 1), e.g. [0.0, 0.999]")
         if outer_lr_final is not None:
-            require_positive(FIELD + "outer_lr_final", outer_lr_final, allow_zero=True, integer=False)
+            require_positive(MODEL_ARGS + "outer_lr_final", outer_lr_final, allow_zero=True, integer=False)
             if outer_lr_final > outer_lr:
                 raise ConfigurationError(
-                    f"{FIELD}outer_lr_final={outer_lr_final} is larger than {FIELD}outer_lr={outer_lr}: it is the "
-                    "value epsilon is annealed down to (the paper anneals 1.0 to 0.0)")
+                    f"{MODEL_ARGS}outer_lr_final={outer_lr_final} is larger than {MODEL_ARGS}outer_lr={outer_lr}: it "
+                    "is the value epsilon is annealed down to (the paper anneals 1.0 to 0.0)")
         for name, value in (("train_on_query", train_on_query), ("transductive", transductive)):
             if not isinstance(value, bool):
-                raise ConfigurationError(f"{FIELD}{name}={value!r} must be true or false")
-        self.model = build_module(backbone)
-        require_batch_statistics(self.model, "Reptile")
+                raise ConfigurationError(f"{MODEL_ARGS}{name}={value!r} must be true or false")
+        self.backbone = build_module(backbone)
+        require_norm_statistics(self.backbone, running=False, field=MODEL_ARGS + "backbone",
+                                why="the inner loop would update running statistics in place and mix them across "
+                                    "tasks; Reptile normalises with batch statistics")
         self.inner_lr = inner_lr
         self.inner_steps = inner_steps
         self.test_inner_steps = test_inner_steps or inner_steps
@@ -211,7 +184,7 @@ class Reptile(MetaLearner):
         self.train_on_query = train_on_query
         self.transductive = transductive
         self.outer_lr_final = outer_lr_final
-        self.normalises_over_batch = has_batchnorm(self.model)
+        self.normalises_over_batch = has_batchnorm(self.backbone)
 
     # ------------------------------------------------------------------ hooks
     def inner_loss(self, predictions: Tensor, targets: Tensor) -> Tensor:
@@ -220,26 +193,25 @@ class Reptile(MetaLearner):
 
     def forward_fn(self) -> Forward:
         """``forward(params, inputs)``: the backbone run with the weights ``params`` (no mutation)."""
-        return lambda p, x: functional_call(self.model, p, (x,))
+        return lambda p, x: functional_call(self.backbone, p, (x,))
+
+    def inner_update(self, params: Params) -> Update:
+        """The inner optimiser of ``inner_optimizer``: SGD with ``inner_lr``, or Adam with ``inner_lr``,
+        ``inner_betas`` and ``inner_eps`` (moments fresh for every task).  ``params`` are the weights the
+        task adapts from; Reptile learns no hyper-parameter of the rule, so it reads none from them."""
+        if self.inner_optimizer == "sgd":
+            return SGD(self.inner_lr)
+        return Adam(self.inner_lr, self.inner_betas, self.inner_eps)
 
     def adapt(self, params: Params, x: Tensor, y: Tensor, order: Tensor, steps: int) -> Params:
         """``steps`` first-order steps of the inner optimiser from ``params`` on ``(x, y)``.
 
-        Step ``j`` trains on the examples ``order[j * b:(j + 1) * b]`` with ``b = len(order) // steps``.
-        The returned weights carry no graph to ``params``.
+        Step ``j`` trains on the examples ``order[j * b:(j + 1) * b]`` with ``b = len(order) // steps``
+        (see :func:`~lightning_meta.inner_loop.example_order`).  The returned weights carry no graph to
+        ``params``.
         """
-        optimizer = InnerOptimizer(self.inner_optimizer, self.inner_lr, self.inner_betas, self.inner_eps)
-        forward, scale = self.forward_fn(), self.inner_loss_scale
-        batch = order.shape[0] // steps
-        fast = {name: p.detach() for name, p in params.items()}
-        for step in range(steps):
-            chosen = order[step * batch:(step + 1) * batch]
-            xb, yb = x[chosen], y[chosen]
-            grads = inner_gradients(lambda p: self.inner_loss(forward(p, xb), yb) * scale, fast, first_order=True)
-            if scale != 1.0:
-                grads = {name: g / scale for name, g in grads.items()}
-            fast = optimizer.step(fast, grads)
-        return fast
+        support_loss = supervised_loss(self.forward_fn(), x, y, self.inner_loss, order.reshape(steps, -1))
+        return adapt(support_loss, params, steps, self.inner_update(params), "none", self.inner_loss_scale)[-1]
 
     def predict_queries(self, params: Params, support_x: Tensor, query_x: Tensor) -> Tensor:
         """Query predictions with the weights ``params``, BatchNorm as set by ``transductive``.
@@ -263,27 +235,27 @@ class Reptile(MetaLearner):
         """A loss whose gradient w.r.t. ``params`` is ``theta - phi`` and whose value is the query loss of ``phi``."""
         x, y = self._training_set(support_x, support_y, query_x, query_y)
         if order is None:
-            order = self.inner_order(x.shape[0], self.inner_steps, self.inner_batch_size, None).to(x.device)
-        model_params = sub_params(params, "model")
-        phi = self.adapt(model_params, x, y, order, self.inner_steps)
-        surrogate = sum((p * (p - phi[name]).detach()).sum() for name, p in model_params.items())
+            order = example_order(x.shape[0], self.inner_steps, self.inner_batch_size,
+                                  torch.default_generator).to(x.device)
+        theta = sub_params(params, "backbone")
+        phi = self.adapt(theta, x, y, order, self.inner_steps)
         predictions = self.forward_fn()(phi, query_x)
         query_loss = self.loss(predictions, query_y).detach()
-        return query_loss + (surrogate - surrogate.detach()), predictions.detach()
+        return query_loss + interpolation_loss(theta, phi), predictions.detach()
 
     def evaluate_task(self, support_x: Tensor, support_y: Tensor, query_x: Tensor, query_y: Tensor,
                       order: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
         if order is None:  # a single task (prediction): a fixed shuffle
-            order = self.inner_order(support_x.shape[0], self.test_inner_steps, self.test_inner_batch_size,
-                                     episode_generator(INNER_BATCH_SEED, "test", 0)).to(support_x.device)
-        theta = {name: p.detach() for name, p in self.model.named_parameters()}
+            order = example_order(support_x.shape[0], self.test_inner_steps, self.test_inner_batch_size,
+                                  episode_generator(INNER_BATCH_SEED, "test", 0)).to(support_x.device)
+        theta = {name: p.detach() for name, p in self.backbone.named_parameters()}
         phi = self.adapt(theta, support_x, support_y, order, self.test_inner_steps)
         after = self.predict_queries(phi, support_x, query_x).detach()
         before = self.predict_queries(theta, support_x, query_x).detach()
         return after, before
 
     def probe(self, x: Tensor) -> Union[Tensor, None]:
-        return self.model(x)
+        return self.backbone(x)
 
     # ------------------------------------------------------------------ mini-batch orders
     def _training_set(self, support_x: Tensor, support_y: Tensor, query_x: Tensor,
@@ -291,21 +263,6 @@ class Reptile(MetaLearner):
         if not self.train_on_query:
             return support_x, support_y
         return torch.cat([support_x, query_x]), torch.cat([support_y, query_y])
-
-    @staticmethod
-    def inner_order(size: int, steps: int, batch_size: Optional[int],
-                    generator: Optional[torch.Generator]) -> Tensor:
-        """Indices ``[steps * b]`` of the examples of each inner step (step ``j``: entries ``j*b .. j*b+b-1``).
-
-        ``batch_size`` ``None`` or at least ``size``: every step takes the whole set, ``b = size``.
-        Otherwise the reference code's stream: random permutations of the set, one after the other,
-        cut into consecutive batches of ``b = batch_size`` (a batch may span two permutations).
-        """
-        if batch_size is None or batch_size >= size:
-            return torch.arange(size).repeat(steps)
-        epochs = -(-steps * batch_size // size)
-        stream = torch.cat([torch.randperm(size, generator=generator) for _ in range(epochs)])
-        return stream[:steps * batch_size]
 
     def _with_order(self, batch: TaskBatch, stage: str) -> OrderedTasks:
         if stage == "train":
@@ -317,7 +274,7 @@ class Reptile(MetaLearner):
         addresses = episode_addresses(batch, fallback_start=self.global_step * batch.num_tasks)
         split = "train" if stage == "train" else "test"
         orders = torch.stack([
-            self.inner_order(size, steps, batch_size, episode_generator(INNER_BATCH_SEED, split, a, epoch))
+            example_order(size, steps, batch_size, episode_generator(INNER_BATCH_SEED, split, a, epoch))
             for a in addresses])
         return OrderedTasks(*batch.tensors(), index=batch.index, order=orders.to(batch.support_x.device))
 
@@ -328,21 +285,24 @@ class Reptile(MetaLearner):
         return super().evaluate_batch(self._with_order(batch, "eval"))
 
     # ------------------------------------------------------------------ optimisation and records
-    def configure_optimizers(self) -> Any:
-        """SGD with learning rate ``outer_lr`` (epsilon), annealed linearly to ``outer_lr_final`` if set."""
-        optimizer = torch.optim.SGD(self.parameters(), lr=self.outer_lr)
+    def make_optimizer(self, group: str, parameters: list[nn.Parameter]) -> torch.optim.Optimizer:
+        """SGD with learning rate ``outer_lr`` (epsilon): a step on :func:`interpolation_loss` is Reptile's update."""
+        return torch.optim.SGD(parameters, lr=self.outer_lr)
+
+    def make_scheduler(self, group: str, optimizer: torch.optim.Optimizer) -> Optional[dict[str, Any]]:
+        """Epsilon annealed linearly to ``outer_lr_final`` over the run's outer steps, if set."""
         if self.outer_lr_final is None:
-            return optimizer
+            return None
         total = self.trainer.estimated_stepping_batches
         if not math.isfinite(total):
             raise ConfigurationError(
-                f"{FIELD}outer_lr_final anneals epsilon over the whole run, which has no end: set trainer.max_steps "
-                "or trainer.max_epochs")
+                f"{MODEL_ARGS}outer_lr_final anneals epsilon over the whole run, which has no end: set "
+                "trainer.max_steps or trainer.max_epochs")
         steps = max(1, math.ceil(total / self.accumulate_grad_batches))
         schedule = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1.0,
                                                      end_factor=self.outer_lr_final / self.outer_lr,
                                                      total_iters=steps)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+        return {"scheduler": schedule, "interval": "step"}
 
     def log_results(self, stage: str) -> dict[str, tuple[float, float]]:
         summary = super().log_results(stage)

@@ -12,16 +12,23 @@ few thousand parameters whatever the size of the learner.
 
 The module holds no learner parameters: ``c_0`` (the learned initialisation) lives with the learner
 in :class:`~lightning_meta.algorithms.meta_lstm.MetaLearnerLSTM`.  It is written with plain tensor
-operations so it runs under ``torch.func.functional_call`` and ``vmap``.
+operations so it runs under ``torch.func.functional_call`` and ``vmap``.  :class:`MetaLSTMUpdate` makes
+it an update rule of the inner-loop engine (:func:`lightning_meta.inner_loop.adapt`), on the learner's
+parameters flattened by :class:`FlatLayout`.
 """
 
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Optional
+from dataclasses import dataclass
+from typing import Callable, Mapping, NamedTuple, Optional
 
 import torch
 from torch import Tensor, nn
+from torch.func import functional_call
+
+from lightning_meta.inner_loop import Params
+from lightning_meta.internals import inside_functorch_transform
 
 
 def preprocess_gradient(x: Tensor, p: float = 10.0) -> Tensor:
@@ -112,3 +119,69 @@ class CoordinateMetaLSTM(nn.Module):
         input_gate = torch.sigmoid(w_i[:h] @ hidden + params * w_i[h] + state.input * w_i[h + 1] + self.input_bias)
         new_params = forget * params - input_gate * grad
         return new_params, MetaLSTMState(hidden, cell, forget, input_gate)
+
+
+@dataclass(frozen=True)
+class FlatLayout:
+    """A module's parameters as one vector ``[n]`` (``named_parameters`` order) and back.
+
+    4-D weights stored channels-last in the module come back channels-last (outside ``vmap``, where
+    memory formats cannot be queried), so convolutions run as fast as on the module.
+
+    Example::
+
+        layout = FlatLayout.of(learner)
+        flat = layout.flatten(dict(learner.named_parameters()))   # [n]
+        params = layout.unflatten(flat)                            # the same dict
+    """
+
+    shapes: Mapping[str, torch.Size]
+    channels_last: frozenset[str]
+
+    @classmethod
+    def of(cls, module: nn.Module) -> "FlatLayout":
+        named = list(module.named_parameters())
+        channels_last = frozenset(name for name, p in named if p.dim() == 4 and not p.is_contiguous()
+                                  and p.is_contiguous(memory_format=torch.channels_last))
+        return cls({name: p.shape for name, p in named}, channels_last)
+
+    def flatten(self, params: Mapping[str, Tensor]) -> Tensor:
+        return torch.cat([params[name].reshape(-1) for name in self.shapes])
+
+    def unflatten(self, flat: Tensor) -> Params:
+        sizes = [math.prod(shape) for shape in self.shapes.values()]
+        keep_format = not inside_functorch_transform()
+        params = {}
+        for (name, shape), chunk in zip(self.shapes.items(), torch.split(flat, sizes)):
+            value = chunk.reshape(shape)
+            if name in self.channels_last and keep_format:
+                value = value.contiguous(memory_format=torch.channels_last)
+            params[name] = value
+        return params
+
+
+@dataclass(frozen=True, eq=False)
+class MetaLSTMUpdate:
+    """The Meta-Learner LSTM as an inner-loop update rule ``update(params, grads, loss, state, step)``.
+
+    It reads the learner's gradient *and loss*: ``lstm`` (run with the weights ``weights``, passed
+    functionally so they receive meta-gradients, under ``vmap`` too) takes ``inputs(flat grad, loss)`` and
+    writes the new flat parameters ``c_t = f_t * c_{t-1} - i_t * grad_t``; the state is the LSTM's
+    :class:`MetaLSTMState` (``None`` at the first update).
+
+    Example::
+
+        rule = MetaLSTMUpdate(lstm, dict(lstm.named_parameters()), FlatLayout.of(learner), lstm_inputs)
+        trajectory = adapt(support_loss, dict(learner.named_parameters()), 5, rule, graph="first_order")
+    """
+
+    lstm: CoordinateMetaLSTM
+    weights: Mapping[str, Tensor]
+    layout: FlatLayout
+    inputs: Callable[[Tensor, Tensor], Tensor]
+
+    def __call__(self, params: Params, grads: Params, loss: Tensor, state: Optional[MetaLSTMState],
+                 step: int) -> tuple[Params, MetaLSTMState]:
+        c, grad = self.layout.flatten(params), self.layout.flatten(grads)
+        c, state = functional_call(self.lstm, dict(self.weights), (self.inputs(grad, loss), grad, c, state))
+        return self.layout.unflatten(c), state

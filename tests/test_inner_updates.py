@@ -1,0 +1,276 @@
+"""The inner-loop driver ``adapt`` around a loss and its update rules.
+
+* ``adapt`` is pure: under ``torch.func.grad``, ``vmap`` and ``jvp`` it gives the loop path's numbers;
+* ``graph`` means what it says (second order, first order with the parameters' graph kept, none);
+* fp16 loss scaling is a no-op on the numbers, and the update sees the unscaled loss;
+* momentum SGD and Adam are ``torch.optim``'s updates, and differentiable in a learned rate (finite
+  differences, float64);
+* Reptile's interpolation loss has gradient ``theta - phi``; the per-step example order; the internals helper;
+* a checkpoint saved with the learners' old attribute names (``model.``, ``learner.``) loads.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from meta_helpers import quiet_trainer, random_classification_batch
+from torch import nn
+from torch.func import functional_call, grad, jvp, vmap
+from torch.utils.data import DataLoader
+
+from lightning_meta import MAML
+from lightning_meta.algorithms.meta_lstm import MetaLearnerLSTM
+from lightning_meta.algorithms.reptile import Reptile
+from lightning_meta.inner_loop import adapt, example_order, interpolation_loss, supervised_loss
+from lightning_meta.inner_updates import SGD, Adam, AdamState, MomentumSGD
+from lightning_meta.internals import inside_functorch_transform
+from lightning_meta.models import MLP, Conv4
+
+NET = nn.Sequential(nn.Linear(2, 6), nn.Tanh(), nn.Linear(6, 1)).double()
+
+
+def forward(params, x):
+    return functional_call(NET, params, (x,))
+
+
+def mse(predictions, targets):
+    """Mean squared error.  Not ``F.mse_loss``: its double backward fails under ``jvp`` in torch 2.14
+    ("ZeroTensors are immutable"), a torch bug, not the engine's."""
+    return ((predictions - targets) ** 2).mean()
+
+
+def start_params():
+    torch.manual_seed(0)
+    return {name: torch.randn_like(p) * 0.5 for name, p in NET.named_parameters()}
+
+
+def task(seed: int, points: int = 8):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(2 * points, 2, generator=g, dtype=torch.float64)
+    y = torch.sin(x.sum(-1, keepdim=True) * (1 + seed))
+    return x[:points], y[:points], x[points:], y[points:]
+
+
+def query_loss(params, lr, support_x, support_y, query_x, query_y, graph="second_order", update=SGD, steps=3):
+    support_loss = supervised_loss(forward, support_x, support_y, mse)
+    final = adapt(support_loss, params, steps, update(lr), graph)[-1]
+    return mse(forward(final, query_x), query_y)
+
+
+def autograd_gradient(fn, params, lr, *args, **kwargs):
+    """The loop path: autograd outside any functorch transform."""
+    leaves = {k: v.clone().requires_grad_() for k, v in params.items()}
+    rate = lr.clone().requires_grad_()
+    loss = fn(leaves, rate, *args, **kwargs)
+    values = torch.autograd.grad(loss, [*leaves.values(), rate])
+    return loss.detach(), dict(zip(leaves, values[:-1])), values[-1]
+
+
+# ---------------------------------------------------------------------------------------- purity
+@pytest.mark.parametrize("graph", ["second_order", "first_order"])
+def test_adapt_under_torch_func_grad_matches_the_loop_path(graph):
+    params, lr, data = start_params(), torch.tensor(0.3, dtype=torch.float64), task(1)
+    loss, loop_params, loop_lr = autograd_gradient(query_loss, params, lr, *data, graph=graph)
+    func_params, func_lr = grad(query_loss, argnums=(0, 1))(params, lr, *data, graph=graph)
+    for name in params:
+        torch.testing.assert_close(func_params[name], loop_params[name], rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(func_lr, loop_lr, rtol=1e-12, atol=1e-14)
+    assert loop_lr.abs() > 1e-6
+
+
+def test_second_and_first_order_differ_and_first_order_is_fomaml_for_one_step():
+    params, lr, data = start_params(), torch.tensor(0.3, dtype=torch.float64), task(2)
+    _, second, _ = autograd_gradient(query_loss, params, lr, *data, graph="second_order", steps=1)
+    _, first, _ = autograd_gradient(query_loss, params, lr, *data, graph="first_order", steps=1)
+    # FOMAML: the meta-gradient is the query gradient at the adapted weights
+    support_loss = supervised_loss(forward, data[0], data[1], mse)
+    phi = {k: v.detach().requires_grad_() for k, v in adapt(support_loss, params, 1, SGD(lr), "none")[-1].items()}
+    fomaml = torch.autograd.grad(mse(forward(phi, data[2]), data[3]), list(phi.values()))
+    for (name, value), expected in zip(first.items(), fomaml):
+        torch.testing.assert_close(value, expected, rtol=1e-12, atol=1e-14)
+    assert max((second[k] - first[k]).abs().max().item() for k in params) > 1e-4
+
+
+def test_adapt_under_vmap_matches_a_loop_over_tasks():
+    params, lr = start_params(), torch.tensor(0.2, dtype=torch.float64)
+    tasks = [task(seed) for seed in range(3)]
+    looped = torch.stack([query_loss(params, lr, *t, update=lambda r: MomentumSGD(r, 0.8)) for t in tasks])
+    stacked = [torch.stack(parts) for parts in zip(*tasks)]
+    vmapped = vmap(lambda *t: query_loss(params, lr, *t, update=lambda r: MomentumSGD(r, 0.8)))(*stacked)
+    torch.testing.assert_close(vmapped, looped, rtol=1e-12, atol=1e-14)
+    # and the meta-gradients of every task, each inside vmap (vmap(grad(task)))
+    per_task = vmap(grad(query_loss), in_dims=(None, None, 0, 0, 0, 0))(params, lr, *stacked)
+    for i, t in enumerate(tasks):
+        _, expected, _ = autograd_gradient(query_loss, params, lr, *t)
+        for name in params:
+            torch.testing.assert_close(per_task[name][i], expected[name], rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("update", [SGD, lambda r: Adam(r, (0.5, 0.9))])
+def test_adapt_under_jvp_matches_the_loop_path(update):
+    """Forward mode (jvp over the adaptation, reverse mode for the inner gradients) in a learned rate and
+    the weights: the value is the loop's, the tangent is the loop gradient along the direction."""
+    params, lr, data = start_params(), torch.tensor(0.1, dtype=torch.float64), task(3)
+    loss, grads, grad_lr = autograd_gradient(query_loss, params, lr, *data, update=update)
+    g = torch.Generator().manual_seed(4)
+    direction = {k: torch.randn(v.shape, generator=g, dtype=v.dtype) for k, v in params.items()}
+    value, tangent = jvp(lambda p, r: query_loss(p, r, *data, update=update), (params, lr),
+                         (direction, torch.tensor(0.7, dtype=torch.float64)))
+    expected = sum((grads[k] * direction[k]).sum() for k in params) + grad_lr * 0.7
+    torch.testing.assert_close(value, loss, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(tangent, expected, rtol=1e-9, atol=1e-12)
+
+
+def test_inside_functorch_transform():
+    assert not inside_functorch_transform()
+    seen = []
+    probe = lambda x: seen.append(inside_functorch_transform()) or x.sum()  # noqa: E731
+    grad(probe)(torch.ones(2))
+    vmap(probe)(torch.ones(2, 2))
+    jvp(probe, (torch.ones(2),), (torch.ones(2),))
+    assert seen == [True, True, True]
+
+
+# ---------------------------------------------------------------------------------------- the driver
+def test_graph_none_detaches_everything_even_a_learned_rate():
+    params = {k: v.requires_grad_() for k, v in start_params().items()}
+    lr = torch.tensor(0.1, dtype=torch.float64, requires_grad=True)
+    support_loss = supervised_loss(forward, *task(5)[:2], mse)
+    trajectory = adapt(support_loss, params, 2, SGD(lr), "none")
+    assert all(not p.requires_grad for point in trajectory for p in point.values())
+    first = adapt(support_loss, params, 2, SGD(lr), "first_order")
+    assert all(p.requires_grad for p in first[-1].values())
+
+
+def test_the_update_sees_steps_state_and_the_unscaled_loss():
+    seen = []
+
+    def update(params, grads, loss, state, step):
+        seen.append((step, state, loss.item(), {k: g.clone() for k, g in grads.items()}))
+        return SGD(0.1)(params, grads, loss, state, step)[0], (state or 0) + 1
+
+    def support_loss(params, step):
+        x, y = task(10 + step)[:2]
+        return mse(forward(params, x), y)
+
+    params = start_params()
+    adapt(support_loss, params, 3, update, "none", state=None)
+    plain = list(seen)
+    seen.clear()
+    adapt(support_loss, params, 3, update, "none", loss_scale=2.0 ** 12)
+    assert [s[:2] for s in plain] == [(0, None), (1, 1), (2, 2)]  # the step picks the batch; state threads through
+    for (_, _, loss, grads), (_, _, scaled_loss, scaled_grads) in zip(plain, seen):
+        assert scaled_loss == loss  # powers of two: the scaling is exact
+        assert all(torch.equal(grads[k], scaled_grads[k]) for k in grads)
+
+
+def test_supervised_loss_takes_each_steps_batch():
+    x = torch.arange(6.0).unsqueeze(1)
+    y = torch.zeros(6, 1)
+    order = example_order(6, 3, 2)
+    assert order.tolist() == [0, 1, 2, 3, 4, 5]
+    seen = []
+    support_loss = supervised_loss(lambda p, inputs: seen.append(inputs.flatten().tolist()) or inputs, x, y,
+                                   mse, order.reshape(3, -1))
+    for step in range(3):
+        support_loss({}, step)
+    assert seen == [[0.0, 1.0], [2.0, 3.0], [4.0, 5.0]]
+    assert example_order(5, 3, 2).tolist() == [0, 1, 2, 3, 4, 0]  # in order, cyclically
+
+
+# ---------------------------------------------------------------------------------------- update rules
+def gradient_sequence(params, steps: int):
+    g = torch.Generator().manual_seed(7)
+    return [{k: torch.randn(v.shape, generator=g, dtype=v.dtype) for k, v in params.items()} for _ in range(steps)]
+
+
+@pytest.mark.parametrize("rule,optimizer", [
+    (MomentumSGD(0.05, 0.9), lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9)),
+    (Adam(0.01, (0.9, 0.99), 1e-6), lambda p: torch.optim.Adam(p, lr=0.01, betas=(0.9, 0.99), eps=1e-6)),
+    (Adam(0.01, (0.0, 0.999)), lambda p: torch.optim.Adam(p, lr=0.01, betas=(0.0, 0.999))),
+])
+def test_updates_are_torch_optims(rule, optimizer):
+    params = start_params()
+    leaves = [nn.Parameter(v.clone()) for v in params.values()]
+    opt = optimizer(leaves)
+    state = None
+    for step, grads in enumerate(gradient_sequence(params, 5)):
+        params, state = rule(params, grads, torch.zeros(()), state, step)
+        for leaf, g in zip(leaves, grads.values()):
+            leaf.grad = g.clone()
+        opt.step()
+    for value, leaf in zip(params.values(), leaves):
+        torch.testing.assert_close(value, leaf.detach(), rtol=1e-12, atol=1e-15)
+    if isinstance(rule, Adam):
+        assert isinstance(state, AdamState) and state.count == 5
+
+
+@pytest.mark.parametrize("update", [lambda r: MomentumSGD(r, 0.7), lambda r: Adam(r, (0.8, 0.95))])
+def test_a_learned_rate_gets_the_finite_difference_gradient(update):
+    params, data = start_params(), task(6)
+    lr = torch.tensor(0.05, dtype=torch.float64)
+    _, _, analytic = autograd_gradient(query_loss, params, lr, *data, update=update, steps=4)
+    eps = 1e-6
+    plus = query_loss(params, lr + eps, *data, update=update, steps=4)
+    minus = query_loss(params, lr - eps, *data, update=update, steps=4)
+    numeric = (plus - minus) / (2 * eps)
+    assert analytic.abs() > 1e-4
+    assert abs(analytic.item() - numeric.item()) <= 1e-7 * max(1.0, abs(numeric.item()))
+
+
+def test_learned_momentum_and_betas_get_gradients():
+    params, data = start_params(), task(8)
+    momentum = torch.tensor(0.6, dtype=torch.float64, requires_grad=True)
+    beta1 = torch.tensor(0.5, dtype=torch.float64, requires_grad=True)
+    for update in (MomentumSGD(0.05, momentum), Adam(0.05, (beta1, 0.9))):
+        support_loss = supervised_loss(forward, data[0], data[1], mse)
+        final = adapt(support_loss, params, 3, update, "first_order")[-1]
+        mse(forward(final, data[2]), data[3]).backward()
+    assert momentum.grad.abs() > 0 and beta1.grad.abs() > 0
+
+
+# ---------------------------------------------------------------------------------------- Reptile's outer step
+def test_interpolation_loss_has_gradient_theta_minus_phi():
+    theta = {k: v.requires_grad_() for k, v in start_params().items()}
+    phi = {k: v.detach() * 0.5 + 1.0 for k, v in theta.items()}
+    loss = interpolation_loss(theta, phi)
+    assert loss.item() == 0.0
+    grads = torch.autograd.grad(loss, list(theta.values()))
+    for (name, value), g in zip(theta.items(), grads):
+        torch.testing.assert_close(g, (value - phi[name]).detach(), rtol=0, atol=0)
+
+
+# ---------------------------------------------------------------------------------------- renamed attributes
+def fit_and_save(model, batch, path):
+    trainer = quiet_trainer(max_steps=1, limit_val_batches=0, default_root_dir=path.parent)
+    trainer.fit(model, train_dataloaders=DataLoader([batch], batch_size=None))
+    trainer.save_checkpoint(path)
+
+
+@pytest.mark.parametrize("make,old", [
+    (lambda: MAML(MLP(4, 3, (8,)), inner_lr=0.1, inner_steps=2, step_sizes="per_layer_per_step"), "model."),
+    (lambda: Reptile(MLP(4, 3, (8,)), inner_steps=2, inner_batch_size=2), "model."),
+    (lambda: MetaLearnerLSTM(Conv4(1, 3, hidden_channels=3, pooling="max", image_size=16), inner_steps=2),
+     "learner."),
+])
+def test_a_checkpoint_with_the_old_attribute_name_loads(tmp_path, make, old):
+    torch.manual_seed(0)
+    model = make()
+    shape = (4,) if isinstance(model.backbone, MLP) else (1, 16, 16)
+    batch = random_classification_batch(2, 3, 2, 2, shape, seed=1)
+    path = tmp_path / "new.ckpt"
+    fit_and_save(model, batch, path)
+    checkpoint = torch.load(path, weights_only=True)
+    assert any(key.startswith("backbone.") for key in checkpoint["state_dict"])
+    checkpoint["state_dict"] = {(old + key[len("backbone."):] if key.startswith("backbone.") else key): value
+                                for key, value in checkpoint["state_dict"].items()}
+    torch.save(checkpoint, tmp_path / "old.ckpt")
+
+    loaded = type(model).load_from_checkpoint(tmp_path / "old.ckpt", weights_only=True)
+    for name, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], value), name
+    with torch.enable_grad():
+        expected, loaded_after = model.evaluate_batch(batch)[0], loaded.evaluate_batch(copy.deepcopy(batch))[0]
+    assert torch.equal(loaded_after, expected)
