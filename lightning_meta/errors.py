@@ -96,6 +96,10 @@ def argument_error_line(message: str) -> str:
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
         return (f"{keys[0]}.init_args.{name}: {class_path.group(1).rsplit('.', 1)[-1]} takes no argument {name!r}"
                 f"{hint}; `fit --help` lists the arguments")
+    literal = re.search(r"Expected a typing\.Literal\[(.*?)\]\. Got value: (.*)", message)
+    if literal:  # the words of require_choice, which Python callers get
+        choices = ", ".join(choice.strip(" '\"") for choice in literal.group(1).split(","))
+        return f"{field}={literal.group(2).strip()!r} is unknown: choose one of {choices}"
     expected = re.search(r"Expected a <class '(\w+)'>\. Got value: (.*)", message)
     if expected:
         kind = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}
