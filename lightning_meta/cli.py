@@ -55,7 +55,7 @@ from lightning_meta.callbacks.progress import MetaProgressBar
 from lightning_meta.callbacks.run_config import RunConfig
 from lightning_meta.callbacks.run_folder import RunFolder
 from lightning_meta.catalog import find_config, help_text
-from lightning_meta.data.datamodule import EpisodicDataModule
+from lightning_meta.data.root import TaskDataModule
 from lightning_meta.data.saved_settings import compare_with_checkpoint
 from lightning_meta.errors import ConfigurationError, one_line_error
 from lightning_meta.runs import CHECKPOINTS, RunPlan, plan_run
@@ -198,7 +198,7 @@ class MetaCLI(LightningCLI):
         self.plan: Optional[RunPlan] = None
         self.checkpoint: Optional[dict[str, Any]] = None
         if not args:
-            args = (Learner, EpisodicDataModule)
+            args = (Learner, TaskDataModule)
         super().__init__(*args, **kwargs)
 
     # ------------------------------------------------------------------ parsing: the run's plan

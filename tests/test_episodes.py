@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from lightning_meta.data import ClassImages, EpisodeLoader, EpisodeStream, SinusoidDataModule
-from lightning_meta.data.episodes import eval_plan, train_plan
+from lightning_meta.data import ClassImages, EpisodeStream, ItemLoader, SinusoidDataModule
+from lightning_meta.data.root import eval_plan, train_plan
 
 
 def make_pool(classes: int = 12, samples: int = 6) -> ClassImages:
@@ -23,14 +23,14 @@ def test_training_episode_depends_only_on_its_address():
 
 
 def test_rank_batches_union_is_the_single_process_batch():
-    single = train_plan(num_batches=3, meta_batch_size=8, rank=0, world_size=1)
+    single = train_plan(num_batches=3, items_per_step=8, rank=0, world_size=1)
     for step in range(3):
         union = sum((train_plan(3, 8, rank, 4)[step] for rank in range(4)), [])
         assert union == single[step]
 
 
 def test_eval_plan_covers_each_episode_once_with_equal_batch_counts():
-    plans = [eval_plan(episodes=10, per_rank=2, rank=r, world_size=4) for r in range(4)]
+    plans = [eval_plan(items=10, per_batch=2, rank=r, world_size=4) for r in range(4)]
     assert len({len(p) for p in plans}) == 1
     real = sorted(i for p in plans for batch in p for i in batch if i >= 0)
     assert real == list(range(10))
@@ -38,9 +38,9 @@ def test_eval_plan_covers_each_episode_once_with_equal_batch_counts():
 
 def test_loader_resumes_mid_epoch():
     pool = make_pool()
-    plan = train_plan(num_batches=5, meta_batch_size=2, rank=0, world_size=1)
-    full = list(EpisodeLoader(EpisodeStream(pool, "train", plan, 3, 1, 2, seed=0, epoch=0), clock=lambda: (1, 0)))
-    resumed_loader = EpisodeLoader(EpisodeStream(pool, "train", plan, 3, 1, 2, seed=0, epoch=0), clock=lambda: (1, 0))
+    plan = train_plan(num_batches=5, items_per_step=2, rank=0, world_size=1)
+    full = list(ItemLoader(EpisodeStream(pool, "train", plan, 3, 1, 2, seed=0, epoch=0), clock=lambda: (1, 0)))
+    resumed_loader = ItemLoader(EpisodeStream(pool, "train", plan, 3, 1, 2, seed=0, epoch=0), clock=lambda: (1, 0))
     resumed_loader.load_state_dict({"epoch": 1, "batches_done": 3})
     resumed = list(resumed_loader)
     assert len(resumed) == 2
@@ -50,9 +50,9 @@ def test_loader_resumes_mid_epoch():
 
 def test_workers_yield_batches_in_order():
     pool = make_pool()
-    plan = train_plan(num_batches=6, meta_batch_size=2, rank=0, world_size=1)
-    serial = list(EpisodeLoader(EpisodeStream(pool, "train", plan, 3, 1, 2, seed=0, epoch=0)))
-    parallel = list(EpisodeLoader(EpisodeStream(pool, "train", plan, 3, 1, 2, seed=0, epoch=0), num_workers=2))
+    plan = train_plan(num_batches=6, items_per_step=2, rank=0, world_size=1)
+    serial = list(ItemLoader(EpisodeStream(pool, "train", plan, 3, 1, 2, seed=0, epoch=0)))
+    parallel = list(ItemLoader(EpisodeStream(pool, "train", plan, 3, 1, 2, seed=0, epoch=0), num_workers=2))
     assert [b.index.tolist() for b in serial] == [b.index.tolist() for b in parallel]
     assert all(torch.equal(s.support_x, p.support_x) for s, p in zip(serial, parallel))
 

@@ -1,10 +1,11 @@
-"""Episodic data: N-way K-shot tasks from image classes or function families."""
+"""Data modules: the root :class:`TaskDataModule` (addressable items split across processes, resumable), the
+episodic modules (N-way K-shot tasks from image classes or function families) and the domain pairs of DANN."""
 
 from lightning_meta.data.bundled import bundled_names, bundled_path
 from lightning_meta.data.class_images import ClassImages
 from lightning_meta.data.datamodule import EpisodicDataModule
 from lightning_meta.data.domains import DomainPairDataModule
-from lightning_meta.data.episodes import EpisodeLoader, EpisodeStream, episode_generator
+from lightning_meta.data.episodes import EpisodeStream, episode_generator
 from lightning_meta.data.image_folder import ImageFolderDataModule
 from lightning_meta.data.miniimagenet import MiniImageNetDataModule
 from lightning_meta.data.npz import NpzDataModule
@@ -18,16 +19,18 @@ from lightning_meta.data.regression import (
     SinusoidDataModule,
     SinusoidTasks,
 )
+from lightning_meta.data.root import ItemLoader, ItemStream, TaskDataModule, item_generator
 from lightning_meta.data.supervised import SupervisedStream
 
 __all__ = [
     "ClassImages",
     "DomainPairDataModule",
-    "EpisodeLoader",
     "EpisodeStream",
     "EpisodicDataModule",
     "ImagePreprocessing",
     "ImageFolderDataModule",
+    "ItemLoader",
+    "ItemStream",
     "LinearDataModule",
     "LinearTasks",
     "MiniImageNetDataModule",
@@ -38,8 +41,10 @@ __all__ = [
     "SinusoidDataModule",
     "SinusoidTasks",
     "SupervisedStream",
+    "TaskDataModule",
     "bundled_names",
     "bundled_path",
     "episode_generator",
+    "item_generator",
     "predict_folders",
 ]

@@ -77,10 +77,6 @@ class ClassImages:
     def image_shape(self) -> tuple[int, int, int]:
         return tuple(self.images.shape[1:])  # type: ignore[return-value]
 
-    def class_name(self, c: int) -> str:
-        base, turn = c % self.base_classes, self.rotations[c // self.base_classes]
-        return self.names[base] if turn == 0 else f"{self.names[base]}@rot{90 * turn}"
-
     def class_samples(self, c: int, picks: Tensor) -> Tensor:
         """Samples ``picks`` of (possibly rotated) class ``c`` as floats ``[len(picks), C, H, W]``."""
         base, turn = c % self.base_classes, self.rotations[c // self.base_classes]

@@ -2,29 +2,25 @@
 
 from __future__ import annotations
 
-import os
-from typing import TYPE_CHECKING, Optional
+from typing import Optional
 
-import pytorch_lightning as pl
 from torch.utils.data import DataLoader, IterableDataset
 
-from lightning_meta.data.episodes import EpisodeLoader, EpisodeSource, EpisodeStream, eval_plan, train_plan
-from lightning_meta.data.supervised import TRAIN_BATCHES, SupervisedStream, check_supervised_split
-from lightning_meta.errors import ConfigurationError, optional_positive, require_positive
-
-FIELD = "data.init_args."
-
-if TYPE_CHECKING:
-    from lightning_meta.data.prediction import PredictionSet
-    from lightning_meta.data.preprocessing import ImagePreprocessing
+from lightning_meta.data.episodes import EpisodeSource, EpisodeStream
+from lightning_meta.data.prediction import PredictionSet, read_prediction_set
+from lightning_meta.data.preprocessing import ImagePreprocessing
+from lightning_meta.data.root import ItemLoader, TaskDataModule
+from lightning_meta.data.supervised import SupervisedStream, TrainBatches, check_supervised_split
+from lightning_meta.errors import DATA_ARGS, ConfigurationError, optional_positive, require_choice, require_positive
 
 
-class EpisodicDataModule(pl.LightningDataModule):
+class EpisodicDataModule(TaskDataModule):
     """Serves :class:`~lightning_meta.tasks.TaskBatch` meta-batches of N-way K-shot tasks.
 
     Subclasses provide the classes of each split by implementing :meth:`load_split`; this class
     draws addressable episodes from them (see :mod:`lightning_meta.data.episodes`), splits each
-    meta-batch across processes, and rejects impossible settings before training.
+    meta-batch across processes as the root :class:`~lightning_meta.data.root.TaskDataModule` splits
+    its items (episodes here), and rejects impossible settings before training.
 
     Args:
         ways, shots, queries: the training episodes (N classes, K support and Q query samples each).
@@ -34,7 +30,7 @@ class EpisodicDataModule(pl.LightningDataModule):
         episodes_per_epoch: training tasks per epoch (``episodes_per_epoch // meta_batch_size`` steps).
         val_episodes, test_episodes: sizes of the fixed, seeded validation and test sets.
         num_workers: loader processes building batches (0 builds them in the main process).
-        seed: the seed every episode is drawn from.
+        seed: the seed every episode is drawn from (see :class:`~lightning_meta.data.root.TaskDataModule`).
         support_dir, query_dir: ``predict`` only (image data modules): a folder of class sub-folders
             of support images of new classes, and a folder of query images to classify (see
             :mod:`lightning_meta.data.prediction`); decoded as the training images are.
@@ -75,45 +71,36 @@ class EpisodicDataModule(pl.LightningDataModule):
         seed: int = 0,
         support_dir: Optional[str] = None,
         query_dir: Optional[str] = None,
-        train_batches: str = "episodes",
+        train_batches: TrainBatches = "episodes",
         batch_size: Optional[int] = None,
     ):
-        super().__init__()
-        # every checkpoint carries the data arguments (logger=False: not merged into the model's)
-        self.save_hyperparameters(logger=False)
-        for name, value in list(self.hparams.items()):
-            if isinstance(value, os.PathLike):  # checkpoints are reloaded with weights_only=True
-                self.hparams[name] = os.fspath(value)
-        if train_batches not in TRAIN_BATCHES:
-            raise ConfigurationError(f"{FIELD}train_batches={train_batches!r} is unknown: choose one of "
-                                     f"{', '.join(TRAIN_BATCHES)}")
+        super().__init__(seed=seed)
+        require_choice(DATA_ARGS + "train_batches", train_batches, TrainBatches)
         if train_batches == "supervised":
             if self.is_regression:
                 raise ConfigurationError(
-                    f"{FIELD}train_batches='supervised' asks {type(self).__name__}, a regression data module, for "
+                    f"{DATA_ARGS}train_batches='supervised' asks {type(self).__name__}, a regression data module, for "
                     "class-labelled batches: supervised pre-training needs classes of images; use train_batches: "
                     "episodes, or an image data module (Omniglot, MiniImageNet, Npz, ImageFolder)")
             if batch_size is None:
-                raise ConfigurationError(f"{FIELD}train_batches='supervised' needs {FIELD}batch_size (images per "
-                                         "training batch, e.g. 16)")
-            require_positive(FIELD + "batch_size", batch_size)
+                raise ConfigurationError(f"{DATA_ARGS}train_batches='supervised' needs {DATA_ARGS}batch_size"
+                                         " (images per training batch, e.g. 16)")
+            require_positive(DATA_ARGS + "batch_size", batch_size)
         elif batch_size is not None:
-            raise ConfigurationError(f"{FIELD}batch_size={batch_size} applies to supervised batches only: set "
-                                     f"{FIELD}train_batches: supervised, or leave batch_size unset (episodes use "
+            raise ConfigurationError(f"{DATA_ARGS}batch_size={batch_size} applies to supervised batches only: set "
+                                     f"{DATA_ARGS}train_batches: supervised, or leave batch_size unset (episodes use "
                                      "meta_batch_size)")
         self.train_batches, self.batch_size = train_batches, batch_size
         for name, value in (("ways", ways), ("shots", shots), ("queries", queries),
                             ("meta_batch_size", meta_batch_size), ("episodes_per_epoch", episodes_per_epoch),
                             ("val_episodes", val_episodes), ("test_episodes", test_episodes)):
-            require_positive(FIELD + name, value)
+            require_positive(DATA_ARGS + name, value)
         for name, value in (("test_ways", test_ways), ("test_shots", test_shots), ("test_queries", test_queries)):
-            optional_positive(FIELD + name, value)
-        require_positive(FIELD + "num_workers", num_workers, allow_zero=True)
-        if not isinstance(seed, int):
-            raise ConfigurationError(f"{FIELD}seed={seed!r} must be an integer")
+            optional_positive(DATA_ARGS + name, value)
+        require_positive(DATA_ARGS + "num_workers", num_workers, allow_zero=True)
         if episodes_per_epoch < meta_batch_size:
             raise ConfigurationError(
-                f"{FIELD}episodes_per_epoch={episodes_per_epoch} is smaller than {FIELD}meta_batch_size="
+                f"{DATA_ARGS}episodes_per_epoch={episodes_per_epoch} is smaller than {DATA_ARGS}meta_batch_size="
                 f"{meta_batch_size}: an epoch needs at least one meta-batch; raise episodes_per_epoch")
         self.ways, self.shots, self.queries = ways, shots, queries
         self.test_ways = test_ways or ways
@@ -122,11 +109,11 @@ class EpisodicDataModule(pl.LightningDataModule):
         self.meta_batch_size = meta_batch_size
         self.episodes_per_epoch = episodes_per_epoch
         self.val_episodes, self.test_episodes = val_episodes, test_episodes
-        self.num_workers, self.seed = num_workers, seed
+        self.num_workers = num_workers
         self.support_dir = None if support_dir is None else str(support_dir)
         self.query_dir = None if query_dir is None else str(query_dir)
         self.sources: dict[str, EpisodeSource] = {}
-        self._prediction: Optional["PredictionSet"] = None
+        self._prediction: Optional[PredictionSet] = None
 
     # ----------------------------------------------------------------- subclass hooks
     def load_split(self, split: str) -> EpisodeSource:
@@ -157,29 +144,13 @@ class EpisodicDataModule(pl.LightningDataModule):
         prefix = "" if split == "train" else "test_"
         if num_classes < ways:
             raise ConfigurationError(
-                f"{FIELD}{prefix}ways={ways} asks for more classes than the {num_classes} of the '{split}' split:"
+                f"{DATA_ARGS}{prefix}ways={ways} asks for more classes than the {num_classes} of the '{split}' split:"
                 f" set {prefix}ways <= {num_classes}, or give the split more classes")
         if min_samples is not None and shots + queries > min_samples:
             raise ConfigurationError(
-                f"{FIELD}{prefix}shots + {FIELD}{prefix}queries = {shots} + {queries} = {shots + queries} exceeds the"
-                f" {min_samples} samples of the smallest class of the '{split}' split: lower {prefix}shots or"
-                f" {prefix}queries so that they sum to at most {min_samples}")
-
-    @property
-    def world(self) -> tuple[int, int]:
-        """``(rank, world_size)`` of this process, from the attached Trainer."""
-        trainer = self.trainer
-        if trainer is None:
-            return 0, 1
-        return trainer.global_rank, trainer.world_size
-
-    def per_rank_batch(self) -> int:
-        rank, world_size = self.world
-        if self.meta_batch_size % world_size:
-            raise ConfigurationError(
-                f"{FIELD}meta_batch_size={self.meta_batch_size} does not divide across {world_size} processes"
-                f" (devices x nodes): choose a multiple of {world_size}")
-        return self.meta_batch_size // world_size
+                f"{DATA_ARGS}{prefix}shots + {DATA_ARGS}{prefix}queries = {shots} + {queries} = {shots + queries}"
+                f" exceeds the {min_samples} samples of the smallest class of the '{split}' split: lower {prefix}shots"
+                f" or {prefix}queries so that they sum to at most {min_samples}")
 
     @property
     def steps_per_epoch(self) -> int:
@@ -188,7 +159,7 @@ class EpisodicDataModule(pl.LightningDataModule):
     # ----------------------------------------------------------------- Lightning hooks
     def setup(self, stage: Optional[str] = None) -> None:
         """Check every split the stage needs (from listings) before loading any of them."""
-        self.per_rank_batch()
+        self.items_per_rank()
         splits = self.splits_needed.get(stage or "fit", ("train", "val", "test"))
         for split in splits:
             self._check_counts(split)
@@ -217,35 +188,26 @@ class EpisodicDataModule(pl.LightningDataModule):
         counts = None if "train" in self.sources else self.split_counts("train")
         return counts[0] if counts is not None else self.source("train").num_classes
 
-    def train_dataloader(self) -> EpisodeLoader:
-        rank, world_size = self.world
-        clock = self._training_clock if self.trainer is not None else None
+    def train_dataloader(self) -> ItemLoader:
         if self.train_batches == "supervised":
-            stream = SupervisedStream(self.source("train"), self.batch_size, self.seed, rank, world_size)
-            return EpisodeLoader(stream, self.num_workers, self._pin_memory(), clock=clock)  # type: ignore[arg-type]
-        plan = train_plan(self.steps_per_epoch, self.meta_batch_size, rank, world_size)
-        stream = EpisodeStream(self.source("train"), "train", plan, *self.setting("train"), seed=self.seed, epoch=0)
-        return EpisodeLoader(stream, self.num_workers, self._pin_memory(), clock=clock)
+            stream = SupervisedStream(self.source("train"), self.batch_size, self.seed, *self.world)  # type: ignore
+            return self.loader(stream, self.num_workers, training=True)
+        stream = EpisodeStream(self.source("train"), "train", self.training_plan(self.steps_per_epoch),
+                               *self.setting("train"), seed=self.seed, epoch=0)
+        return self.loader(stream, self.num_workers, training=True)
 
-    def val_dataloader(self) -> EpisodeLoader:
-        return self._eval_loader("val", self.val_episodes)
+    def val_dataloader(self) -> ItemLoader:
+        return self.evaluation_loader("val", self.val_episodes)
 
-    def test_dataloader(self) -> EpisodeLoader:
-        return self._eval_loader("test", self.test_episodes)
+    def test_dataloader(self) -> ItemLoader:
+        return self.evaluation_loader("test", self.test_episodes)
 
-    def _eval_loader(self, split: str, episodes: int) -> EpisodeLoader:
-        rank, world_size = self.world
-        plan = eval_plan(episodes, self.per_rank_batch(), rank, world_size)
+    def evaluation_loader(self, split: str, episodes: int) -> ItemLoader:
+        """The fixed ``episodes`` of ``split``, this process's share in meta-batches of its share of
+        ``meta_batch_size`` (padded: see :func:`~lightning_meta.data.root.eval_plan`)."""
+        plan = self.evaluation_plan(episodes, self.items_per_rank())
         stream = EpisodeStream(self.source(split), split, plan, *self.setting(split), seed=self.seed)
-        return EpisodeLoader(stream, self.num_workers, self._pin_memory())
-
-    def _training_clock(self) -> tuple[int, int]:
-        trainer = self.trainer
-        return trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_progress.current.processed
-
-    def _pin_memory(self) -> bool:
-        trainer = self.trainer
-        return trainer is not None and trainer.strategy.root_device.type == "cuda"
+        return self.loader(stream, self.num_workers)
 
     # ----------------------------------------------------------------- prediction (support_dir, query_dir)
     @property
@@ -254,7 +216,7 @@ class EpisodicDataModule(pl.LightningDataModule):
         trainer = self.trainer
         return trainer is not None and trainer.state.fn == "predict"
 
-    def preprocessing(self) -> "ImagePreprocessing":
+    def preprocessing(self) -> ImagePreprocessing:
         """How this module decodes image files (shared by training and prediction); image modules implement it."""
         if self.is_regression:
             raise ConfigurationError(
@@ -266,13 +228,10 @@ class EpisodicDataModule(pl.LightningDataModule):
             " (implement preprocessing()); predict works with the image data modules (Omniglot, ImageFolder, Npz,"
             " MiniImageNet)")
 
-    def prediction_set(self) -> "PredictionSet":
+    def prediction_set(self) -> PredictionSet:
         """The task to predict from ``support_dir`` and ``query_dir``, checked and decoded once."""
         if self._prediction is None:
-            from lightning_meta.data.prediction import read_prediction_set
-
-            preprocessing = self.preprocessing()
-            self._prediction = read_prediction_set(self.support_dir, self.query_dir, preprocessing,
+            self._prediction = read_prediction_set(self.support_dir, self.query_dir, self.preprocessing(),
                                                    type(self).__name__)
         return self._prediction
 

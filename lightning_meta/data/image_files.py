@@ -22,8 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from lightning_meta.data.datamodule import FIELD
-from lightning_meta.errors import ConfigurationError
+from lightning_meta.errors import DATA_ARGS, ConfigurationError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".ppm", ".pgm", ".pbm", ".tif", ".tiff", ".webp")
 #: PIL modes decoded as one channel; every other mode is decoded as RGB.
@@ -81,7 +80,7 @@ def image_names(folder: Path) -> list[str]:
 
 
 def missing_folder(field_name: str, value: Any, path: Path, what: str, fix: str) -> ConfigurationError:
-    return ConfigurationError(f"{FIELD}{field_name}={value!r}: {what} {path.resolve()} does not exist: {fix}")
+    return ConfigurationError(f"{DATA_ARGS}{field_name}={value!r}: {what} {path.resolve()} does not exist: {fix}")
 
 
 def list_class_folders(folder: Path, field_name: str, value: Any, prefix: str = "") -> ClassFiles:
@@ -93,7 +92,7 @@ def list_class_folders(folder: Path, field_name: str, value: Any, prefix: str = 
     classes = visible_subfolders(folder)
     if not classes:
         raise ConfigurationError(
-            f"{FIELD}{field_name}={value!r}: {folder.resolve()} holds no class folders: expected one sub-folder"
+            f"{DATA_ARGS}{field_name}={value!r}: {folder.resolve()} holds no class folders: expected one sub-folder"
             f" of images per class (ImageFolder layout: {folder}/<class>/<image>.png); point"
             f" --data.init_args.{field_name} at such a folder")
     listing = ClassFiles()
@@ -102,7 +101,7 @@ def list_class_folders(folder: Path, field_name: str, value: Any, prefix: str = 
         files = image_names(path)
         if not files:
             raise ConfigurationError(
-                f"{FIELD}{field_name}={value!r}: class folder {path.resolve()} holds no images"
+                f"{DATA_ARGS}{field_name}={value!r}: class folder {path.resolve()} holds no images"
                 f" ({', '.join(IMAGE_EXTENSIONS)}): add images to it or remove it")
         listing.names.append(prefix + name)
         listing.files.append([path / f for f in files])
@@ -139,7 +138,7 @@ class ImageHeaders:
             examples = ", ".join(f"{w}x{h} ({p.relative_to(root) if p.is_relative_to(root) else p})"
                                  for (w, h), p in list(distinct.items())[:3])
             raise ConfigurationError(
-                f"{FIELD}{field_name} is not set and the images under {root.resolve()} have {len(distinct)}"
+                f"{DATA_ARGS}{field_name} is not set and the images under {root.resolve()} have {len(distinct)}"
                 f" different sizes (e.g. {examples}): set --data.init_args.{field_name} N to resize every"
                 f" image to N x N")
         return next(iter(distinct))
@@ -151,7 +150,7 @@ class ImageHeaders:
             return 1
         if grey:
             warnings.warn(
-                f"{FIELD}{field_name} is not set and the images under {root.resolve()} mix {grey} greyscale and"
+                f"{DATA_ARGS}{field_name} is not set and the images under {root.resolve()} mix {grey} greyscale and"
                 f" {len(self.modes) - grey} colour images: converting all of them to RGB (3 channels); set"
                 f" --data.init_args.{field_name} 1 to convert them all to greyscale instead", stacklevel=2)
         return 3
@@ -159,7 +158,8 @@ class ImageHeaders:
 
 def check_channels(value: Optional[int]) -> None:
     if value is not None and value not in (1, 3):
-        raise ConfigurationError(f"{FIELD}channels={value!r} is invalid: choose 1 (greyscale), 3 (RGB) or null (infer)")
+        raise ConfigurationError(
+            f"{DATA_ARGS}channels={value!r} is invalid: choose 1 (greyscale), 3 (RGB) or null (infer)")
 
 
 def check_image_size(value: Optional[int], optional: bool = True) -> None:
@@ -167,7 +167,7 @@ def check_image_size(value: Optional[int], optional: bool = True) -> None:
         return
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ConfigurationError(
-            f"{FIELD}image_size={value!r} is invalid: it must be a positive integer (images become N x N)"
+            f"{DATA_ARGS}image_size={value!r} is invalid: it must be a positive integer (images become N x N)"
             + (" or null (keep the stored size)" if optional else ""))
 
 
@@ -176,7 +176,7 @@ def check_rotations(rotations: Sequence[int]) -> tuple[int, ...]:
     if not values or any(not isinstance(r, int) or isinstance(r, bool) or r % 90 for r in values) \
             or len({r % 360 for r in values}) != len(values):
         raise ConfigurationError(
-            f"{FIELD}rotations={list(values)!r} is invalid: give distinct multiples of 90 degrees, e.g. [0] (no"
+            f"{DATA_ARGS}rotations={list(values)!r} is invalid: give distinct multiples of 90 degrees, e.g. [0] (no"
             f" rotation) or [0, 90, 180, 270] (each rotation of a meta-training class becomes a new class)")
     return values
 
@@ -226,7 +226,7 @@ def decode_images(paths: Sequence[Path], channels: int, image_size: Optional[int
             if image.size != (width, height):
                 if image_size is None:
                     raise ConfigurationError(
-                        f"{FIELD}image_size is not set and {paths[i]} is {image.size[0]}x{image.size[1]}, not"
+                        f"{DATA_ARGS}image_size is not set and {paths[i]} is {image.size[0]}x{image.size[1]}, not"
                         f" {width}x{height} like {paths[0]}: set --data.init_args.image_size N")
                 image = image.resize((width, height), Image.Resampling.LANCZOS)
             array = np.asarray(image, dtype=np.uint8)
@@ -313,10 +313,10 @@ def check_fractions(train_fraction: float, val_fraction: float) -> None:
         if (not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value)
                 or not 0 < value < 1):
             raise ConfigurationError(
-                f"{FIELD}{name}={value!r} is invalid: it must be a fraction of the classes in (0, 1)")
+                f"{DATA_ARGS}{name}={value!r} is invalid: it must be a fraction of the classes in (0, 1)")
     if train_fraction + val_fraction >= 1:
         raise ConfigurationError(
-            f"{FIELD}train_fraction + {FIELD}val_fraction = {train_fraction} + {val_fraction} ="
+            f"{DATA_ARGS}train_fraction + {DATA_ARGS}val_fraction = {train_fraction} + {val_fraction} ="
             f" {train_fraction + val_fraction:g} leaves no classes for the test split: make them sum to less"
             " than 1 (the test split gets the rest)")
 
@@ -337,4 +337,4 @@ def split_classes(num_classes: int, train_fraction: float, val_fraction: float, 
 
 def check_seed(name: str, value: Any) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise ConfigurationError(f"{FIELD}{name}={value!r} is invalid: it must be an integer >= 0")
+        raise ConfigurationError(f"{DATA_ARGS}{name}={value!r} is invalid: it must be an integer >= 0")

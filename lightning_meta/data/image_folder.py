@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from lightning_meta.data.class_images import ClassImages
-from lightning_meta.data.datamodule import FIELD, EpisodicDataModule
+from lightning_meta.data.datamodule import EpisodicDataModule
 from lightning_meta.data.image_files import (
     ClassFiles,
     ImageHeaders,
@@ -24,7 +24,7 @@ from lightning_meta.data.image_files import (
     visible_subfolders,
 )
 from lightning_meta.data.preprocessing import ImagePreprocessing
-from lightning_meta.errors import ConfigurationError
+from lightning_meta.errors import DATA_ARGS, ConfigurationError
 
 #: names of the folders of a predefined split, and the split each stands for
 SPLIT_FOLDERS = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
@@ -104,16 +104,16 @@ class ImageFolderDataModule(EpisodicDataModule):
             unknown = [name for name in subfolders if name not in SPLIT_FOLDERS]
             if unknown:
                 raise ConfigurationError(
-                    f"{FIELD}root={self.root!r}: {root.resolve()} holds a 'train' folder, so it is read as a predefined"
-                    f" split, but also {unknown}, which are not split names: expected train, val (or validation,"
-                    " valid) and test, each holding class folders; rename them, or point root at a folder of class"
-                    " folders")
+                    f"{DATA_ARGS}root={self.root!r}: {root.resolve()} holds a 'train' folder, so it is read as a"
+                    f" predefined split, but also {unknown}, which are not split names: expected train, val (or"
+                    " validation, valid) and test, each holding class folders; rename them, or point root at a folder"
+                    " of class folders")
             layout: dict[str, ClassFiles] = {}
             for name in subfolders:
                 split = SPLIT_FOLDERS[name]
                 if split in layout:
-                    raise ConfigurationError(f"{FIELD}root={self.root!r}: {root.resolve()} holds two folders for the"
-                                             f" '{split}' split; keep one")
+                    raise ConfigurationError(f"{DATA_ARGS}root={self.root!r}: {root.resolve()} holds two folders for"
+                                             f" the '{split}' split; keep one")
                 layout[split] = list_class_folders(root / name, "root", self.root)
             for split in ("val", "test"):
                 if split not in layout:
@@ -125,7 +125,7 @@ class ImageFolderDataModule(EpisodicDataModule):
                 for name in files.names:
                     if name in seen:
                         raise ConfigurationError(
-                            f"{FIELD}root={self.root!r}: class '{name}' is in both the '{seen[name]}' and the"
+                            f"{DATA_ARGS}root={self.root!r}: class '{name}' is in both the '{seen[name]}' and the"
                             f" '{split}' split folders: few-shot splits must be disjoint in classes; rename or move it")
                     seen[name] = split
         else:

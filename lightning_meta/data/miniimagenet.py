@@ -11,10 +11,10 @@ import numpy as np
 import torch
 
 from lightning_meta.data.class_images import ClassImages
-from lightning_meta.data.datamodule import FIELD, EpisodicDataModule
+from lightning_meta.data.datamodule import EpisodicDataModule
 from lightning_meta.data.image_files import check_image_size
 from lightning_meta.data.preprocessing import ImagePreprocessing
-from lightning_meta.errors import ConfigurationError
+from lightning_meta.errors import DATA_ARGS, ConfigurationError
 
 #: split of the data module -> learn2learn's name of the split in the pickle file names
 MODES = {"train": "train", "val": "validation", "test": "test"}
@@ -89,7 +89,7 @@ class MiniImageNetDataModule(EpisodicDataModule):
             from learn2learn.data.utils import download_file, download_file_from_google_drive
         except Exception as error:  # learn2learn is optional (the "reference" extra)
             raise ConfigurationError(
-                f"{FIELD}download=true needs learn2learn for mini-ImageNet ({error}): pip install learn2learn,"
+                f"{DATA_ARGS}download=true needs learn2learn for mini-ImageNet ({error}): pip install learn2learn,"
                 f" or download {pickle_name(split)} yourself into {path.parent.resolve()}") from error
         zenodo, dropbox, drive = SOURCES[MODES[split]]
         attempts = [(zenodo, lambda: download_file(zenodo, str(tmp))),
@@ -110,7 +110,7 @@ class MiniImageNetDataModule(EpisodicDataModule):
                 if tmp.exists():
                     tmp.unlink()
         raise ConfigurationError(
-            f"{FIELD}download=true: could not download {pickle_name(split)} ({'; '.join(errors)}). Without network"
+            f"{DATA_ARGS}download=true: could not download {pickle_name(split)} ({'; '.join(errors)}). Without network"
             f" access, copy the three mini-imagenet-cache-*.pkl files into {path.parent.resolve()} and set"
             " --data.init_args.root to that folder")
 
@@ -122,7 +122,7 @@ class MiniImageNetDataModule(EpisodicDataModule):
             root = Path(self.root).expanduser()
             where = f"folder {root.resolve()} does not exist" if not root.is_dir() else f"{path.resolve()} is missing"
             raise ConfigurationError(
-                f"{FIELD}root={self.root!r}: mini-ImageNet not found: {where}. Set --data.init_args.root to the"
+                f"{DATA_ARGS}root={self.root!r}: mini-ImageNet not found: {where}. Set --data.init_args.root to the"
                 " folder holding mini-imagenet-cache-{train,validation,test}.pkl (learn2learn's files), or set"
                 " data.init_args.download: true to fetch them")
         try:
@@ -130,14 +130,14 @@ class MiniImageNetDataModule(EpisodicDataModule):
                 data = pickle.load(f)
         except Exception as error:
             raise ConfigurationError(
-                f"{FIELD}root={self.root!r}: {path.resolve()} is not a readable mini-ImageNet pickle ({error}):"
+                f"{DATA_ARGS}root={self.root!r}: {path.resolve()} is not a readable mini-ImageNet pickle ({error}):"
                 " download it again (delete it and set data.init_args.download: true)") from error
         images, classes = (data.get("image_data"), data.get("class_dict")) if isinstance(data, dict) else (None, None)
         if not isinstance(images, np.ndarray) or images.ndim != 4 or images.shape[-1] != 3 \
                 or not isinstance(classes, dict):
             raise ConfigurationError(
-                f"{FIELD}root={self.root!r}: {path.resolve()} is not in learn2learn's mini-ImageNet format: expected"
-                " a dict with 'image_data' (uint8 [N, H, W, 3]) and 'class_dict' (class name -> row indices)")
+                f"{DATA_ARGS}root={self.root!r}: {path.resolve()} is not in learn2learn's mini-ImageNet format:"
+                " expected a dict with 'image_data' (uint8 [N, H, W, 3]) and 'class_dict' (class name -> row indices)")
         return data
 
     def pickle(self, split: str) -> dict[str, Any]:
@@ -166,13 +166,13 @@ class MiniImageNetDataModule(EpisodicDataModule):
         array = data.pop("image_data")
         if array.dtype != np.uint8:
             if array.min() < 0 or array.max() > 255:
-                raise ConfigurationError(f"{FIELD}root={self.root!r}: {self.path(split)} holds {array.dtype} pixels"
+                raise ConfigurationError(f"{DATA_ARGS}root={self.root!r}: {self.path(split)} holds {array.dtype} pixels"
                                          " outside [0, 255]; expected uint8")
             array = array.astype(np.uint8)
         rows = np.concatenate([classes[name] for name in names]) if names else np.zeros(0, dtype=np.int64)
         if rows.size and (rows.min() < 0 or rows.max() >= len(array)):
-            raise ConfigurationError(f"{FIELD}root={self.root!r}: {self.path(split)} has class_dict rows outside its"
-                                     f" {len(array)} images")
+            raise ConfigurationError(f"{DATA_ARGS}root={self.root!r}: {self.path(split)} has class_dict rows outside"
+                                     f" its {len(array)} images")
         images = torch.from_numpy(array)
         if not np.array_equal(rows, np.arange(len(array))):
             images = images[torch.from_numpy(rows)]

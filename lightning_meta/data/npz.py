@@ -11,7 +11,7 @@ import torch
 
 from lightning_meta.data.bundled import bundled_names, resolve
 from lightning_meta.data.class_images import ClassImages
-from lightning_meta.data.datamodule import FIELD, EpisodicDataModule
+from lightning_meta.data.datamodule import EpisodicDataModule
 from lightning_meta.data.image_files import (
     check_fractions,
     check_rotations,
@@ -19,7 +19,7 @@ from lightning_meta.data.image_files import (
     split_classes,
 )
 from lightning_meta.data.preprocessing import ImagePreprocessing
-from lightning_meta.errors import ConfigurationError
+from lightning_meta.errors import DATA_ARGS, ConfigurationError
 
 
 def _npy_header(f) -> tuple[tuple[int, ...], np.dtype]:
@@ -43,7 +43,7 @@ def array_header(path: Path, key: str) -> tuple[tuple[int, ...], np.dtype]:
         members = [name[:-4] for name in archive.namelist() if name.endswith(".npy")]
         if key not in members:
             raise ConfigurationError(
-                f"{FIELD}key={key!r}: {path.resolve()} holds no array named {key!r}; it holds {members}: set"
+                f"{DATA_ARGS}key={key!r}: {path.resolve()} holds no array named {key!r}; it holds {members}: set"
                 " --data.init_args.key to the array of images")
         with archive.open(f"{key}.npy") as f:
             return _npy_header(f)
@@ -104,7 +104,7 @@ class NpzDataModule(EpisodicDataModule):
             if not file.is_file():
                 bundled = ", ".join(repr(name) for name in bundled_names())
                 raise ConfigurationError(
-                    f"{FIELD}path={self.path!r}: file {file.resolve()} does not exist and {self.path!r} is not a"
+                    f"{DATA_ARGS}path={self.path!r}: file {file.resolve()} does not exist and {self.path!r} is not a"
                     f" bundled data set ({bundled}): set --data.init_args.path to an .npz holding '{self.key}', uint8"
                     f" images [classes, samples, H, W], or to a bundled name")
             try:
@@ -112,17 +112,17 @@ class NpzDataModule(EpisodicDataModule):
             except ConfigurationError:
                 raise
             except Exception as error:
-                raise ConfigurationError(f"{FIELD}path={self.path!r}: {file.resolve()} is not a readable .npz / .npy"
-                                         f" file ({type(error).__name__}: {error})") from error
+                raise ConfigurationError(f"{DATA_ARGS}path={self.path!r}: {file.resolve()} is not a readable .npz /"
+                                         f" .npy file ({type(error).__name__}: {error})") from error
             if len(shape) not in (4, 5) or (len(shape) == 5 and shape[2] not in (1, 3)):
                 raise ConfigurationError(
-                    f"{FIELD}key={self.key!r}: array of shape {list(shape)} in {file.resolve()}: expected"
+                    f"{DATA_ARGS}key={self.key!r}: array of shape {list(shape)} in {file.resolve()}: expected"
                     " [classes, samples, H, W] or [classes, samples, C, H, W] with C = 1 or 3 (channels before height"
                     " and width)")
             if dtype != np.uint8:
                 raise ConfigurationError(
-                    f"{FIELD}key={self.key!r}: array in {file.resolve()} is {dtype}, expected uint8 pixels in [0, 255]:"
-                    " save it as (x * 255).round().astype(np.uint8) for [0, 1] images")
+                    f"{DATA_ARGS}key={self.key!r}: array in {file.resolve()} is {dtype}, expected uint8 pixels in [0,"
+                    " 255]: save it as (x * 255).round().astype(np.uint8) for [0, 1] images")
             self._shape = tuple(int(s) for s in shape)
         return self._shape
 

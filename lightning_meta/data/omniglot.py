@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from lightning_meta.data.class_images import ClassImages
-from lightning_meta.data.datamodule import FIELD, EpisodicDataModule
+from lightning_meta.data.datamodule import EpisodicDataModule
 from lightning_meta.data.image_files import (
     ClassFiles,
     cached_decode,
@@ -22,7 +22,7 @@ from lightning_meta.data.image_files import (
     visible_subfolders,
 )
 from lightning_meta.data.preprocessing import ImagePreprocessing
-from lightning_meta.errors import ConfigurationError, require_positive
+from lightning_meta.errors import DATA_ARGS, ConfigurationError, require_positive
 
 FOLDER = "omniglot-py"
 SETS = ("images_background", "images_evaluation")
@@ -96,20 +96,20 @@ class OmniglotDataModule(EpisodicDataModule):
         super().__init__(**kwargs)
         if split not in SPLIT_KINDS:
             raise ConfigurationError(
-                f"{FIELD}split={split!r} is unknown: choose 'background' (background alphabets for meta-training,"
+                f"{DATA_ARGS}split={split!r} is unknown: choose 'background' (background alphabets for meta-training,"
                 " evaluation alphabets for meta-test) or 'vinyals' (1200 / 423 characters)")
         if isinstance(val_alphabets, bool) or not (
                 (isinstance(val_alphabets, int) and val_alphabets >= 1)
                 or (isinstance(val_alphabets, (list, tuple)) and val_alphabets
                     and all(isinstance(a, str) for a in val_alphabets))):
             raise ConfigurationError(
-                f"{FIELD}val_alphabets={val_alphabets!r} is invalid: give a number of background alphabets >= 1"
+                f"{DATA_ARGS}val_alphabets={val_alphabets!r} is invalid: give a number of background alphabets >= 1"
                 " or a list of background alphabet names")
-        require_positive(FIELD + "train_characters", train_characters)
-        require_positive(FIELD + "val_characters", val_characters)
+        require_positive(DATA_ARGS + "train_characters", train_characters)
+        require_positive(DATA_ARGS + "val_characters", val_characters)
         if val_characters >= train_characters:
             raise ConfigurationError(
-                f"{FIELD}val_characters={val_characters} must be smaller than {FIELD}train_characters="
+                f"{DATA_ARGS}val_characters={val_characters} must be smaller than {DATA_ARGS}train_characters="
                 f"{train_characters}: validation characters are held out of the meta-training characters")
         check_seed("split_seed", split_seed)
         check_image_size(image_size, optional=False)
@@ -150,12 +150,12 @@ class OmniglotDataModule(EpisodicDataModule):
                 download_and_extract_archive(url, str(folder), filename=f"{name}.zip", md5=ZIPS_MD5[name])
             except Exception as error:  # no network, proxy, checksum, disk full ...
                 raise ConfigurationError(
-                    f"{FIELD}download=true: could not download Omniglot's {name}.zip from {url} ({type(error).__name__}:"
-                    f" {error}). Without network access, fetch {name}.zip elsewhere, extract it into"
-                    f" {folder.resolve()}/ (giving {folder.resolve() / name}/<alphabet>/<character>/*.png) and set"
-                    f" --data.init_args.root to the folder holding {FOLDER}") from error
+                    f"{DATA_ARGS}download=true: could not download Omniglot's {name}.zip from {url}"
+                    f" ({type(error).__name__}: {error}). Without network access, fetch {name}.zip elsewhere, extract"
+                    f" it into {folder.resolve()}/ (giving {folder.resolve() / name}/<alphabet>/<character>/*.png) and"
+                    f" set --data.init_args.root to the folder holding {FOLDER}") from error
             if not (folder / name).is_dir():
-                raise ConfigurationError(f"{FIELD}download=true: {url} did not extract to {folder / name}")
+                raise ConfigurationError(f"{DATA_ARGS}download=true: {url} did not extract to {folder / name}")
 
     def catalog(self) -> tuple[ClassFiles, list[str]]:
         """All characters (``"<alphabet>/<character>"``, background first) and the set of each."""
@@ -168,7 +168,8 @@ class OmniglotDataModule(EpisodicDataModule):
             missing = [name for name in SETS if not (folder / name).is_dir()]
         if missing:
             raise ConfigurationError(
-                f"{FIELD}root={self.root!r}: Omniglot not found: {', '.join(str((folder / m).resolve()) for m in missing)}"
+                f"{DATA_ARGS}root={self.root!r}: Omniglot not found:"
+                f" {', '.join(str((folder / m).resolve()) for m in missing)}"
                 f" missing. Set --data.init_args.root to the folder that holds {FOLDER}/ (torchvision's layout:"
                 f" root/{FOLDER}/images_background/<alphabet>/<character>/*.png), or set data.init_args.download:"
                 " true to fetch it")
@@ -177,7 +178,7 @@ class OmniglotDataModule(EpisodicDataModule):
             alphabets = visible_subfolders(folder / name)
             if not alphabets:
                 raise ConfigurationError(
-                    f"{FIELD}root={self.root!r}: {(folder / name).resolve()} holds no alphabet folders: extract"
+                    f"{DATA_ARGS}root={self.root!r}: {(folder / name).resolve()} holds no alphabet folders: extract"
                     f" {name}.zip there again, or delete the folder and set data.init_args.download: true")
             for alphabet in alphabets:
                 for character in visible_subfolders(folder / name / alphabet):
@@ -185,7 +186,7 @@ class OmniglotDataModule(EpisodicDataModule):
                     files = image_names(path)
                     if not files:
                         raise ConfigurationError(
-                            f"{FIELD}root={self.root!r}: character folder {path.resolve()} holds no images: extract"
+                            f"{DATA_ARGS}root={self.root!r}: character folder {path.resolve()} holds no images: extract"
                             f" {name}.zip again or remove the folder")
                     listing.names.append(f"{alphabet}/{character}")
                     listing.files.append([path / f for f in files])
@@ -201,8 +202,8 @@ class OmniglotDataModule(EpisodicDataModule):
             total = len(listing)
             if self.train_characters >= total:
                 raise ConfigurationError(
-                    f"{FIELD}train_characters={self.train_characters} leaves no meta-test characters: Omniglot under"
-                    f" {self.folder.resolve()} has {total} characters; set train_characters below {total}")
+                    f"{DATA_ARGS}train_characters={self.train_characters} leaves no meta-test characters: Omniglot"
+                    f" under {self.folder.resolve()} has {total} characters; set train_characters below {total}")
             order = np.random.default_rng(self.split_seed).permutation(total).tolist()
             n_train = self.train_characters - self.val_characters
             return {"train": order[:n_train], "val": order[n_train:self.train_characters],
@@ -212,7 +213,7 @@ class OmniglotDataModule(EpisodicDataModule):
         if isinstance(self.val_alphabets, int):
             if self.val_alphabets >= len(background):
                 raise ConfigurationError(
-                    f"{FIELD}val_alphabets={self.val_alphabets} leaves no meta-training alphabets: there are"
+                    f"{DATA_ARGS}val_alphabets={self.val_alphabets} leaves no meta-training alphabets: there are"
                     f" {len(background)} background alphabets; hold out fewer")
             order = np.random.default_rng(self.split_seed).permutation(len(background))
             held_out = {background[i] for i in order[:self.val_alphabets]}
@@ -220,11 +221,11 @@ class OmniglotDataModule(EpisodicDataModule):
             unknown = sorted(set(self.val_alphabets) - set(background))
             if unknown:
                 raise ConfigurationError(
-                    f"{FIELD}val_alphabets names {unknown}, which are not background alphabets; choose among:"
+                    f"{DATA_ARGS}val_alphabets names {unknown}, which are not background alphabets; choose among:"
                     f" {', '.join(background)}")
             held_out = set(self.val_alphabets)
             if held_out == set(background):
-                raise ConfigurationError(f"{FIELD}val_alphabets holds out every background alphabet: keep some for"
+                raise ConfigurationError(f"{DATA_ARGS}val_alphabets holds out every background alphabet: keep some for"
                                          " meta-training")
         parts: dict[str, list[int]] = {"train": [], "val": [], "test": []}
         for i, (a, s) in enumerate(zip(alphabet, sets)):

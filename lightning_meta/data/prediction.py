@@ -27,10 +27,9 @@ from typing import Any, Optional, Sequence
 import torch
 from torch import Tensor
 
-from lightning_meta.data.datamodule import FIELD
 from lightning_meta.data.image_files import GREY_MODES, IMAGE_EXTENSIONS, ImageHeaders, list_class_folders
 from lightning_meta.data.preprocessing import ImagePreprocessing
-from lightning_meta.errors import ConfigurationError
+from lightning_meta.errors import DATA_ARGS, ConfigurationError
 from lightning_meta.tasks import PredictionBatch
 
 SUPPORT, QUERY = "support_dir", "query_dir"
@@ -68,14 +67,14 @@ def require_folder(field_name: str, value: Optional[str]) -> Path:
     what = "class sub-folders of support images" if field_name == SUPPORT else "query images"
     if not value:
         raise ConfigurationError(
-            f"{FIELD}{field_name} is not set: predict needs a folder of {what}; pass"
+            f"{DATA_ARGS}{field_name} is not set: predict needs a folder of {what}; pass"
             f" --data.init_args.{field_name} PATH (support_dir: <class>/<image> per class; query_dir: images to"
             " classify)")
     folder = Path(value).expanduser()
     if not folder.is_dir():
         state = "is a file, not a folder" if folder.exists() else "does not exist"
         raise ConfigurationError(
-            f"{FIELD}{field_name}={value!r}: {folder.resolve()} {state}: point --data.init_args.{field_name} at a"
+            f"{DATA_ARGS}{field_name}={value!r}: {folder.resolve()} {state}: point --data.init_args.{field_name} at a"
             f" folder of {what}")
     return folder
 
@@ -89,7 +88,7 @@ def list_query_images(folder: Path, value: str) -> list[Path]:
                      if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS))
     if not found:
         raise ConfigurationError(
-            f"{FIELD}{QUERY}={value!r}: {folder.resolve()} holds no images ({', '.join(IMAGE_EXTENSIONS)}): put the"
+            f"{DATA_ARGS}{QUERY}={value!r}: {folder.resolve()} holds no images ({', '.join(IMAGE_EXTENSIONS)}): put the"
             f" images to classify there (sub-folders allowed), or point --data.init_args.{QUERY} at them")
     return sorted(found, key=lambda path: path.relative_to(folder).as_posix())
 
@@ -106,14 +105,14 @@ def check_headers(paths: Sequence[Path], preprocessing: ImagePreprocessing, fiel
         expected = preprocessing.stored_size
         if not preprocessing.resizes and expected is not None and tuple(size) != tuple(expected):
             raise ConfigurationError(
-                f"{FIELD}{field_name}={value!r}: {path} is {size[0]}x{size[1]} but the model was trained on"
+                f"{DATA_ARGS}{field_name}={value!r}: {path} is {size[0]}x{size[1]} but the model was trained on"
                 f" {expected[0]}x{expected[1]} images and {module} does not resize them (no image_size): resize"
                 f" every support and query image to {expected[0]}x{expected[1]}")
         grey = mode in GREY_MODES
         if not preprocessing.converts_channels and grey != (preprocessing.channels == 1):
             kind, need = ("greyscale", "colour (RGB)") if grey else ("colour", "greyscale")
             raise ConfigurationError(
-                f"{FIELD}{field_name}={value!r}: {path} is {kind} (PIL mode {mode}) but the model was trained on"
+                f"{DATA_ARGS}{field_name}={value!r}: {path} is {kind} (PIL mode {mode}) but the model was trained on"
                 f" {preprocessing.channels}-channel images and {module} does not convert them: save every support"
                 f" and query image as {need}")
 
@@ -161,6 +160,6 @@ def predict_folders(model: Any, datamodule: Any, support_dir: Optional[str] = No
     support_dir = support_dir if support_dir is not None else getattr(datamodule, "support_dir", None)
     query_dir = query_dir if query_dir is not None else getattr(datamodule, "query_dir", None)
     task = read_prediction_set(support_dir, query_dir, datamodule.preprocessing(), type(datamodule).__name__)
-    model.check_prediction_classes(task.support_x, task.ways, f"{FIELD}{SUPPORT}={support_dir!r}")
+    model.check_prediction_classes(task.support_x, task.ways, f"{DATA_ARGS}{SUPPORT}={support_dir!r}")
     probabilities = model.predict_task(task.support_x, task.support_y, task.query_x)
     return prediction_rows(probabilities, task.class_names, task.query_files)

@@ -14,10 +14,11 @@ validation and test stay episodic.  :class:`~lightning_meta.data.EpisodicDataMod
   and ``B`` consecutive samples hold no class more than ``ceil(B / classes) + 1`` times.
 * **Addressable.** The order of epoch ``e`` is a pure function of ``(seed, e)``; batch ``t`` is
   positions ``t*B .. t*B + B - 1`` of it (a last partial batch is dropped).  With ``W`` processes,
-  rank ``r`` takes the ``B/W`` positions from ``t*B + r*B/W``: the union of the ranks' batches is the
+  rank ``r`` takes the ``B/W`` positions from ``t*B + r*B/W`` (the root data module's
+  :func:`~lightning_meta.data.root.train_plan`): the union of the ranks' batches is the
   single-process batch.
-* **Resumable.** The stream is served by :class:`~lightning_meta.data.episodes.EpisodeLoader`, the
-  stateful loader of the episodes: a run resumed mid-epoch continues with the next batch.
+* **Resumable.** The stream is served by :class:`~lightning_meta.data.root.ItemLoader`, the
+  stateful loader of every data module: a run resumed mid-epoch continues with the next batch.
 
 Example::
 
@@ -28,17 +29,17 @@ Example::
 
 from __future__ import annotations
 
-from typing import Iterator, Optional, Protocol
+from typing import Iterator, Literal, Optional, Protocol
 
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import IterableDataset, get_worker_info
 
-from lightning_meta.errors import ConfigurationError
+from lightning_meta.data.root import ItemStream, train_plan
+from lightning_meta.errors import DATA_ARGS, ConfigurationError
 
-FIELD = "data.init_args."
-TRAIN_BATCHES = ("episodes", "supervised")
+#: what a data module's training batches are: episodes, or supervised ``(x, y)`` batches
+TrainBatches = Literal["episodes", "supervised"]
 #: distinguishes the seeds of supervised epochs from those of episodes (which use 0, 1, 2 for the splits)
 _SUPERVISED_TAG = 3
 
@@ -82,68 +83,54 @@ def check_supervised_split(source_name: str, num_classes: int, min_samples: Opti
     """Reject supervised batches that the meta-training split cannot supply, naming the field to change."""
     if num_classes < 2:
         raise ConfigurationError(
-            f"{FIELD}train_batches='supervised': the '{source_name}' split has {num_classes} class(es); "
+            f"{DATA_ARGS}train_batches='supervised': the '{source_name}' split has {num_classes} class(es); "
             "supervised pre-training needs at least 2")
     if min_samples is not None and min_samples < 1:
-        raise ConfigurationError(f"{FIELD}train_batches='supervised': a class of the '{source_name}' split is empty")
+        raise ConfigurationError(
+            f"{DATA_ARGS}train_batches='supervised': a class of the '{source_name}' split is empty")
     if min_samples is not None and num_classes * min_samples < batch_size:
         raise ConfigurationError(
-            f"{FIELD}batch_size={batch_size} exceeds a class-balanced epoch of the '{source_name}' split "
+            f"{DATA_ARGS}batch_size={batch_size} exceeds a class-balanced epoch of the '{source_name}' split "
             f"({num_classes} classes x {min_samples} samples): lower batch_size to at most {num_classes * min_samples}")
 
 
-class SupervisedStream(IterableDataset):
+class SupervisedStream(ItemStream):
     """The supervised batches ``(x, y)`` of one rank, epoch by epoch (see the module docstring).
 
     ``epoch`` and ``start`` (batches already trained in a resumed epoch) are set by
-    :class:`~lightning_meta.data.episodes.EpisodeLoader` before each iteration.
+    :class:`~lightning_meta.data.root.ItemLoader` before each iteration.
     """
 
     def __init__(self, source: ClassSource, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
                  epoch: int = 0):
-        super().__init__()
         if not hasattr(source, "class_samples"):
             raise ConfigurationError(
-                f"{FIELD}train_batches='supervised' needs a split of image classes; {type(source).__name__} draws "
+                f"{DATA_ARGS}train_batches='supervised' needs a split of image classes; {type(source).__name__} draws "
                 "whole tasks only: use train_batches: episodes")
         if batch_size % world_size:
             raise ConfigurationError(
-                f"{FIELD}batch_size={batch_size} does not divide across {world_size} processes (devices x nodes):"
+                f"{DATA_ARGS}batch_size={batch_size} does not divide across {world_size} processes (devices x nodes):"
                 f" choose a multiple of {world_size}")
         self.source, self.batch_size, self.seed = source, batch_size, seed
-        self.rank, self.world_size = rank, world_size
         self.counts = class_counts(source)
-        self.epoch: Optional[int] = epoch
-        self.start = 0
+        super().__init__(train_plan(self.samples_per_epoch // batch_size, batch_size, rank, world_size), epoch)
 
     @property
     def samples_per_epoch(self) -> int:
         return len(self.counts) * int(self.counts.min())
 
-    def __len__(self) -> int:
-        return self.samples_per_epoch // self.batch_size
-
     def order(self, epoch: int) -> tuple[Tensor, Tensor]:
         """Classes and sample indices of every position of ``epoch``."""
         return epoch_order(self.counts, supervised_generator(self.seed, epoch))
 
-    def positions(self, batch: int) -> range:
-        """Positions in the epoch's order of this rank's share of batch ``batch``."""
-        per_rank = self.batch_size // self.world_size
-        first = batch * self.batch_size + self.rank * per_rank
-        return range(first, first + per_rank)
-
     def batch(self, position: int, order: Optional[tuple[Tensor, Tensor]] = None) -> tuple[Tensor, Tensor]:
         """Batch ``position`` of the current epoch: images ``[B/W, C, H, W]`` and class indices ``[B/W]``."""
         classes, picks = order if order is not None else self.order(int(self.epoch or 0))
-        rows = self.positions(position)
-        y = classes[rows.start:rows.stop]
+        rows = self.plan[position]  # positions in the epoch's order of this rank's share of the batch
+        y = classes[rows]
         x = torch.cat([self.source.class_samples(int(c), picks[i:i + 1]) for c, i in zip(y.tolist(), rows)])
-        return x, y.clone()
+        return x, y
 
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        worker = get_worker_info()
-        workers, worker_id = (1, 0) if worker is None else (worker.num_workers, worker.id)
-        order = self.order(int(self.epoch or 0))
-        for position in range(self.start + worker_id, len(self), workers):
-            yield self.batch(position, order)
+    def batches(self, positions: range) -> Iterator[tuple[Tensor, Tensor]]:
+        order = self.order(int(self.epoch or 0))  # drawn once per iteration
+        return (self.batch(position, order) for position in positions)
