@@ -96,6 +96,20 @@ def test_training_follows_the_lambda_and_learning_rate_schedules():
     assert recorder.lrs == pytest.approx([0.01 / (1 + 10 * t / steps) ** 0.75 for t in range(steps)])
 
 
+def test_optimizer_flag_replaces_the_papers_sgd_and_the_schedules_need_a_run_length():
+    model = DomainAdversarial(small_extractor(8), num_classes=10)
+    model.use_optimizer({"class_path": "torch.optim.Adam", "init_args": {"lr": 0.002}})  # what --optimizer does
+    trainer = quiet_trainer(max_steps=2, limit_val_batches=0)
+    trainer.fit(model, small_data(batch_size=4))
+    assert isinstance(trainer.optimizers[0], torch.optim.Adam)
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.002 * dann_learning_rate_factor(1.0))
+    with pytest.raises(ConfigurationError, match=r"lr_annealing needs the length of training"):
+        quiet_trainer(max_steps=-1, max_epochs=-1, limit_val_batches=0).fit(
+            DomainAdversarial(small_extractor(8), num_classes=10), small_data(batch_size=4))
+    with pytest.raises(ConfigurationError, match=r"DomainAdversarial does not predict"):
+        model.check_stage(small_data(), "predict")
+
+
 # --------------------------------------------------------------------------- the data
 def test_batches_are_x_y_domain_with_no_target_labels_and_are_reproducible():
     data = small_data(classes=12, batch_size=8)
@@ -264,20 +278,37 @@ def test_resume_equals_uninterrupted(tmp_path, stop_at):
         assert torch.equal(model.state_dict()[name], value), name
 
 
+def ddp_check(prefix: Path, *args: object) -> list[dict]:
+    """Run tests/ddp_dann_check.py with ``args`` and read what each rank wrote."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    result = subprocess.run([sys.executable, str(REPO / "tests" / "ddp_dann_check.py"), str(prefix), *map(str, args)],
+                            capture_output=True, text=True, timeout=240, env=env, cwd=prefix.parent)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return [torch.load(path) for path in sorted(prefix.parent.glob(f"{prefix.name}.*.pt"))]
+
+
 @pytest.mark.parametrize("lambda_max", [1.0, 0.0])
 def test_two_processes_train_one_model(tmp_path, lambda_max):
     """DDP on 2 CPU processes: one gradient all-reduce per step and the same weights on both ranks,
     adapted and source-only alike (source-only has no domain classifier: no unused parameters)."""
-    prefix = tmp_path / "dann"
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    result = subprocess.run([sys.executable, str(REPO / "tests" / "ddp_dann_check.py"), str(prefix), str(lambda_max)],
-                            capture_output=True, text=True, timeout=240, env=env, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    ranks = [torch.load(f"{prefix}.{rank}.pt") for rank in (0, 1)]
+    ranks = ddp_check(tmp_path / "dann", lambda_max)
+    assert len(ranks) == 2
     assert all(r["steps"] == 3 and r["allreduces"] == 3 for r in ranks)
     for name, value in ranks[0]["params"].items():
         assert torch.equal(ranks[1]["params"][name], value), name
     assert any(name.startswith("domain_classifier") for name in ranks[0]["params"]) == (lambda_max > 0)
+
+
+def test_two_processes_equal_one_process(tmp_path):
+    """Each rank trains on its half of every step and tests its share of the held-out pairs (5 pairs: the
+    second rank's last batch is padded).  With a feature extractor without BatchNorm (whose statistics
+    would follow each rank's half), 2 processes end with the weights and test results of 1."""
+    (one,) = ddp_check(tmp_path / "one", 1.0, 1, "mlp")
+    two = ddp_check(tmp_path / "two", 1.0, 2, "mlp")[0]
+    assert one["steps"] == two["steps"] == 3 and two["allreduces"] == 3
+    for name, value in one["params"].items():
+        torch.testing.assert_close(two["params"][name], value, rtol=1e-5, atol=1e-6, msg=name)
+    assert set(two["test"]) == set(one["test"]) and two["test"] == pytest.approx(one["test"], rel=1e-5)
 
 
 # --------------------------------------------------------------------------- learning

@@ -13,21 +13,29 @@ competitive with meta-learning at equal backbone and data, and wins under domain
 
 from __future__ import annotations
 
-import contextlib
 import math
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_meta.algorithms.base import FIELD, MetaLearner
-from lightning_meta.errors import ConfigurationError, optional_positive, require_positive
+from lightning_meta.algorithms.base import MetaLearner
+from lightning_meta.errors import (
+    DATA_ARGS,
+    MODEL_ARGS,
+    ConfigurationError,
+    optional_positive,
+    require_choice,
+    require_positive,
+)
 from lightning_meta.models.backbone import build_module
+from lightning_meta.models.norm import evaluation_mode, require_norm_statistics
 from lightning_meta.models.shapes import infer_feature_dim
 from lightning_meta.tasks import TaskBatch
 
-HEADS = ("linear", "cosine")
+#: the classifier of pre-training and of each task: linear (Baseline) or ``scale * cos`` (Baseline++)
+Head = Literal["linear", "cosine"]
 
 
 def cosine_logits(features: Tensor, weight: Tensor, scale: Tensor | float) -> Tensor:
@@ -100,8 +108,9 @@ class FineTuningBaseline(MetaLearner):
         finetune_seed: seed of each task's head initialisation and mini-batch order.
         feature_dim: width of the backbone's output; ``None`` infers it with one forward pass on a
             dummy input built from the backbone's ``in_channels``/``image_size`` (or ``in_features``).
-        outer_lr: learning rate of the default Adam pre-training optimiser (``--optimizer`` overrides it).
-        gradient_clip_val, accumulate_grad_batches: see :class:`~lightning_meta.algorithms.base.MetaLearner`.
+        Remaining arguments (``outer_lr``: the learning rate of the default Adam pre-training optimiser, which
+            ``--optimizer`` replaces; ``gradient_clip_val``, ``accumulate_grad_batches``): see
+            :class:`~lightning_meta.algorithms.learner.Learner`.
 
     Reference:
         Chen, Liu, Kira, Wang, Huang. "A Closer Look at Few-Shot Classification." ICLR 2019
@@ -129,7 +138,7 @@ class FineTuningBaseline(MetaLearner):
         self,
         backbone: nn.Module,
         num_classes: int,
-        head: str = "linear",
+        head: Head = "linear",
         scale: float = 10.0,
         learn_scale: bool = True,
         finetune_steps: int = 100,
@@ -140,26 +149,21 @@ class FineTuningBaseline(MetaLearner):
         finetune_batch_size: Optional[int] = 4,
         finetune_seed: int = 0,
         feature_dim: Optional[int] = None,
-        outer_lr: float = 1e-3,
-        gradient_clip_val: Optional[float] = None,
-        accumulate_grad_batches: int = 1,
+        **kwargs: Any,
     ):
-        super().__init__(outer_lr=outer_lr, gradient_clip_val=gradient_clip_val,
-                         accumulate_grad_batches=accumulate_grad_batches)
-        if head not in HEADS:
-            raise ConfigurationError(f"{FIELD}head={head!r} is unknown: choose 'linear' (Baseline) or 'cosine' "
-                                     "(Baseline++)")
-        require_positive(FIELD + "num_classes", num_classes)
-        require_positive(FIELD + "scale", scale, integer=False)
-        require_positive(FIELD + "finetune_steps", finetune_steps, allow_zero=True)
-        require_positive(FIELD + "finetune_lr", finetune_lr, integer=False)
+        super().__init__(**kwargs)
+        require_choice(MODEL_ARGS + "head", head, Head)
+        require_positive(MODEL_ARGS + "num_classes", num_classes)
+        require_positive(MODEL_ARGS + "scale", scale, integer=False)
+        require_positive(MODEL_ARGS + "finetune_steps", finetune_steps, allow_zero=True)
+        require_positive(MODEL_ARGS + "finetune_lr", finetune_lr, integer=False)
         for name, value in (("finetune_momentum", finetune_momentum), ("finetune_dampening", finetune_dampening),
                             ("finetune_weight_decay", finetune_weight_decay)):
-            require_positive(FIELD + name, value, allow_zero=True, integer=False)
-        optional_positive(FIELD + "finetune_batch_size", finetune_batch_size)
-        optional_positive(FIELD + "feature_dim", feature_dim)
+            require_positive(MODEL_ARGS + name, value, allow_zero=True, integer=False)
+        optional_positive(MODEL_ARGS + "finetune_batch_size", finetune_batch_size)
+        optional_positive(MODEL_ARGS + "feature_dim", feature_dim)
         if not isinstance(finetune_seed, int) or isinstance(finetune_seed, bool):
-            raise ConfigurationError(f"{FIELD}finetune_seed={finetune_seed!r} must be an integer")
+            raise ConfigurationError(f"{MODEL_ARGS}finetune_seed={finetune_seed!r} must be an integer")
         self.backbone = build_module(backbone)
         require_headless_running_backbone(self.backbone)
         self.num_classes, self.head = num_classes, head
@@ -186,19 +190,9 @@ class FineTuningBaseline(MetaLearner):
         return loss.detach()
 
     # ------------------------------------------------------------------ meta-test: fine-tune a fresh head
-    @contextlib.contextmanager
-    def frozen_backbone(self):
-        """The backbone in ``eval()`` mode (running BatchNorm statistics) for the block, then restored."""
-        training = self.backbone.training
-        self.backbone.eval()
-        try:
-            yield self.backbone
-        finally:
-            self.backbone.train(training)
-
     def embed(self, x: Tensor) -> Tensor:
         """Features ``[n, D]`` of the frozen backbone (``eval()`` mode, no gradient)."""
-        with torch.no_grad(), self.frozen_backbone() as backbone:
+        with torch.no_grad(), evaluation_mode(self.backbone) as backbone:
             return backbone(x).flatten(1)
 
     def evaluate_batch(self, batch: TaskBatch) -> tuple[Tensor, None]:
@@ -216,7 +210,7 @@ class FineTuningBaseline(MetaLearner):
     def finetune_heads(self, support: Tensor, support_y: Tensor, query: Tensor) -> Tensor:
         """Train one fresh head per task on support features ``[B, S, D]`` and return query logits
         ``[B, M, ways]`` (detached).  Tasks are independent: the loss is the sum of per-task means."""
-        ways = int(support_y.max()) + 1
+        ways = int(support_y.max()) + 1  # labels checked by the data module or support_set_ways
         shots = support.shape[1]
         generator = torch.Generator().manual_seed(self.finetune_seed)
         with torch.inference_mode(False), torch.enable_grad():
@@ -282,23 +276,23 @@ class FineTuningBaseline(MetaLearner):
             raise ConfigurationError(
                 f"{name} pre-trains a classifier on class-labelled images, but {type(datamodule).__name__} is a"
                 " regression data module: use an image data module (Omniglot, MiniImageNet, Npz, ImageFolder) with"
-                " data.init_args.train_batches: supervised")
+                f" {DATA_ARGS}train_batches: supervised")
         if getattr(datamodule, "train_batches", "episodes") != "supervised":
             raise ConfigurationError(
                 f"{name} pre-trains on ordinary batches of all meta-training classes, not on episodes: set"
-                " data.init_args.train_batches: supervised and data.init_args.batch_size (e.g. 16)")
+                f" {DATA_ARGS}train_batches: supervised and {DATA_ARGS}batch_size (e.g. 16)")
         classes = datamodule.num_train_classes
         if classes != self.num_classes:
             raise ConfigurationError(
-                f"{FIELD}num_classes={self.num_classes} but the data's meta-training split has {classes} classes"
-                f" (data.init_args.num_train_classes, rotations included): set {FIELD}num_classes: {classes}")
+                f"{MODEL_ARGS}num_classes={self.num_classes} but the data's meta-training split has {classes} classes"
+                f" ({DATA_ARGS}num_train_classes, rotations included): set {MODEL_ARGS}num_classes: {classes}")
         images = datamodule.source("train").sample(torch.Generator().manual_seed(0), 1, 1, 0).support_x
         try:
             self.probe(images.to(self.device))
         except RuntimeError as error:
             raise ConfigurationError(
                 f"the backbone cannot take the 'train' images of shape {list(images.shape[1:])}: {error}. Match its "
-                f"input arguments ({FIELD}backbone.init_args.in_channels, image_size) to the data") from error
+                f"input arguments ({MODEL_ARGS}backbone.init_args.in_channels, image_size) to the data") from error
 
 
 class Baseline(FineTuningBaseline):
@@ -333,7 +327,7 @@ def supervised_batch(batch: Any) -> tuple[Tensor, Tensor]:
     """``(x, y)`` of a supervised batch, with a clear error for an episodic one."""
     if isinstance(batch, TaskBatch):
         raise TypeError("fine-tuning baselines pre-train on supervised (x, y) batches, got a TaskBatch of episodes: "
-                        "set data.init_args.train_batches: supervised")
+                        f"set {DATA_ARGS}train_batches: supervised")
     x, y = batch[0], batch[1]
     return x, y
 
@@ -344,10 +338,7 @@ def require_headless_running_backbone(backbone: nn.Module) -> None:
     if head is not None and not isinstance(head, nn.Identity):
         raise ConfigurationError(
             f"the backbone has a head ({type(head).__name__}); the baseline adds its own classifier: set "
-            f"{FIELD}backbone.init_args.out_features: null")
-    for name, module in backbone.named_modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm) and not module.track_running_stats:
-            raise ConfigurationError(
-                f"the backbone's BatchNorm '{name}' has no running statistics, so at meta-test it would normalise "
-                "with each batch's statistics and an episode's predictions would depend on the other images: set "
-                f"{FIELD}backbone.init_args.batch_norm_stats: running")
+            f"{MODEL_ARGS}backbone.init_args.out_features: null")
+    require_norm_statistics(backbone, running=True, field=MODEL_ARGS + "backbone",
+                            why="meta-test embeds in eval() mode, so that an episode's predictions never depend on"
+                                " the other images")
