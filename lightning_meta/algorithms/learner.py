@@ -325,8 +325,8 @@ class Learner(pl.LightningModule):
     def on_fit_start(self) -> None:
         optimizers = self.optimizers()
         count = len(optimizers) if isinstance(optimizers, list) else 1
-        if len(self.optimizer_steps) != count:  # a fresh run, or a checkpoint from before these counters
-            self.optimizer_steps = [self.global_step // count] * count
+        if len(self.optimizer_steps) != count:  # a fresh run: a checkpoint's counts are loaded before this hook
+            self.optimizer_steps = [0] * count
         if not self.optimizer_names:
             self.optimizer_names = [str(i) for i in range(count)]
 
@@ -489,8 +489,10 @@ class Learner(pl.LightningModule):
         if state is not None:
             self.optimizer_steps = list(state["optimizer_steps"])
             self.batches_trained = int(state["batches_trained"])
-        else:  # a checkpoint from before the learner counted: one optimizer, one step per batch
-            self.batches_trained = int(checkpoint.get("global_step", 0)) * self.accumulate_grad_batches
+        else:  # a checkpoint from before the learner counted: one optimizer, one step per window
+            steps = int(checkpoint.get("global_step", 0))
+            self.optimizer_steps = [steps]  # Lightning restores global_step only after on_fit_start
+            self.batches_trained = steps * self.accumulate_grad_batches
         # Restore the RNG only when a Trainer resumes, never on a plain load_from_checkpoint.
         if self._trainer is not None and "rng_states" in checkpoint:
             set_rng_states(checkpoint["rng_states"])
@@ -523,7 +525,7 @@ def renamed(key: str, prefixes: Mapping[str, str]) -> str:
 def batch_index(batch: Any, device: torch.device) -> Tensor:
     """The tasks' ``index [B]`` of a batch (``-1``: padding); ``0..B-1`` when it has none."""
     index = getattr(batch, "index", None)
-    if index is not None:
+    if isinstance(index, Tensor):  # not the ``index`` method of a tuple or list batch
         return index
     size = getattr(batch, "num_tasks", None)
     if size is None:
