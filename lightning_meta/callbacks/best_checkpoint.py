@@ -72,6 +72,10 @@ class BestCheckpoint(ModelCheckpoint):
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_validation_end(trainer, pl_module)
         if 0 <= trainer.max_steps <= trainer.global_step and not trainer.sanity_checking:
+            if trainer.state.fn == "fit":
+                # last.ckpt was written at this step (on_train_batch_end, before the validation), so Lightning
+                # skips this validation's top-k save: its score still competes for best.ckpt
+                self._save_topk_checkpoint(trainer, self._monitor_candidates(trainer))
             self.write_last(trainer)  # a validation after the last step: keep its best score in last.ckpt
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
