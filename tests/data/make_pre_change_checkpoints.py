@@ -1,4 +1,4 @@
-"""Write the small checkpoints of tests/test_toy_learners.py's "a checkpoint from before the change loads".
+"""Write the small checkpoints of tests/test_learner_contract.py (a checkpoint from before the root class loads).
 
 Run once with the code of commit e898822 (before the ``Learner`` root class, issue 15), which is how
 ``tests/data/pre_change_*.ckpt`` were made::
