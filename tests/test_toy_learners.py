@@ -110,7 +110,7 @@ def test_two_optimizers_accumulate_and_step_their_own_schedulers():
 
 @pytest.mark.slow
 def test_two_optimizers_on_two_processes_equal_one(tmp_path):
-    """~35-50 s: DDP (gloo, 2 CPU processes, 2 seeds each) ends where 1 process with 4 seeds does."""
+    """~30 s (two subprocesses): DDP (gloo, 2 CPU processes, 2 seeds each) ends where 1 process with 4 seeds does."""
     def run(devices: int) -> dict:
         out = tmp_path / f"{devices}.pt"
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(TESTS)]), "OMP_NUM_THREADS": "1"}
