@@ -13,8 +13,13 @@ Example::
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Optional
+
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    import pytorch_lightning as pl
 
 
 def inside_functorch_transform() -> bool:
@@ -45,3 +50,30 @@ def is_convolution(module: nn.Module) -> bool:
     Why: their common base is the private ``torch.nn.modules.conv._ConvNd``.
     """
     return isinstance(module, nn.modules.conv._ConvNd)
+
+
+def attached_trainer(module: "pl.LightningModule") -> Optional["pl.Trainer"]:
+    """The Trainer ``module`` is attached to, or ``None`` (a plain ``load_from_checkpoint``, a Python call).
+
+    Why: ``LightningModule.trainer`` raises when no Trainer is attached and Lightning has no public
+    "is attached" query; the private ``_trainer`` attribute is ``None`` then.
+    """
+    return module._trainer
+
+
+def end_training_after_this_step(trainer: "pl.Trainer") -> None:
+    """Make the fit loop end after the current step exactly as ``max_steps`` would: the step's checkpoint
+    and no extra validation run (``trainer.should_stop`` runs a validation at the epoch's end first).
+
+    Why: the loop's ``max_steps`` lives on ``trainer.fit_loop.epoch_loop``, which Lightning does not expose
+    as settable state.
+    """
+    trainer.fit_loop.epoch_loop.max_steps = trainer.global_step
+
+
+def cpu_has_fast_bf16() -> bool:
+    """Whether oneDNN runs bf16 natively on this CPU; without it bf16 convolutions use ``_slow_conv2d``.
+
+    Why: torch exposes the check only as the private op ``torch.ops.mkldnn._is_mkldnn_bf16_supported``.
+    """
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())

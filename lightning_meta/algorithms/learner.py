@@ -45,7 +45,13 @@ from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 
 from lightning_meta.data.saved_settings import DECODING_KEY, decoding_settings
-from lightning_meta.errors import MODEL_ARGS, ConfigurationError, optional_positive, require_positive
+from lightning_meta.errors import (
+    MODEL_ARGS,
+    ConfigurationError,
+    optional_positive,
+    require_positive,
+)
+from lightning_meta.internals import attached_trainer, cpu_has_fast_bf16
 from lightning_meta.metrics import EpisodeResults, format_summary
 from lightning_meta.models.backbone import module_spec
 
@@ -293,7 +299,8 @@ class Learner(pl.LightningModule):
         meta-loss non-finite, and the GradScaler then skips the step and lowers the scale.  bfloat16
         has float32's range and needs none of this.
         """
-        scaler = getattr(self._trainer.precision_plugin, "scaler", None) if self._trainer is not None else None
+        trainer = attached_trainer(self)
+        scaler = getattr(trainer.precision_plugin, "scaler", None) if trainer is not None else None
         return float(scaler.get_scale()) if scaler is not None and scaler.is_enabled() else 1.0
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
@@ -476,7 +483,7 @@ class Learner(pl.LightningModule):
         checkpoint["rng_states"] = rng_states()
         checkpoint[STATE_KEY] = {"optimizer_steps": list(self.optimizer_steps),
                                  "batches_trained": int(self.batches_trained)}
-        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        datamodule = getattr(attached_trainer(self), "datamodule", None)
         decoding = decoding_settings(datamodule)
         if decoding is not None:  # how the data were decoded, checked when the checkpoint is evaluated
             checkpoint[DECODING_KEY] = decoding
@@ -494,7 +501,7 @@ class Learner(pl.LightningModule):
             self.optimizer_steps = [steps]  # Lightning restores global_step only after on_fit_start
             self.batches_trained = steps * self.accumulate_grad_batches
         # Restore the RNG only when a Trainer resumes, never on a plain load_from_checkpoint.
-        if self._trainer is not None and "rng_states" in checkpoint:
+        if attached_trainer(self) is not None and "rng_states" in checkpoint:
             set_rng_states(checkpoint["rng_states"])
 
     def _make_hparams_primitive(self) -> None:
@@ -540,11 +547,6 @@ def surrogate_loss(params: Mapping[str, Tensor], grads: Mapping[str, Tensor]) ->
     if unknown:
         raise KeyError(f"gradients for unknown parameters {unknown}")
     return sum((params[name] * g.detach().to(params[name].dtype)).sum() for name, g in grads.items())
-
-
-def cpu_has_fast_bf16() -> bool:
-    """Whether oneDNN runs bf16 natively here; without it bf16 convolutions use ``_slow_conv2d``."""
-    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def rng_states() -> dict[str, Any]:

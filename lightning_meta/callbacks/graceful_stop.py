@@ -30,6 +30,8 @@ from typing import Any, Optional, Union
 import pytorch_lightning as pl
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 
+from lightning_meta.internals import end_training_after_this_step
+
 Duration = Union[str, timedelta, dict[str, int], None]
 
 
@@ -79,7 +81,7 @@ class GracefulStop(pl.Callback):
             out_of_time = trainer.strategy.reduce_boolean_decision(out_of_time, all=False)
         if (by_user or out_of_time) and not self.stopped:
             self.stopped, self.by_user = True, by_user
-            trainer.fit_loop.epoch_loop.max_steps = trainer.global_step  # end as max_steps does: no extra validation
+            end_training_after_this_step(trainer)
             reason = "Ctrl-C" if by_user else f"max_time ({self.max_seconds:.0f} s of training)"
             rank_zero_info(f"{reason}: training stops after step {trainer.global_step}")
 

@@ -9,6 +9,7 @@ from typing import Iterator
 from torch import Tensor, nn
 
 from lightning_meta.errors import ConfigurationError
+from lightning_meta.internals import is_norm_layer
 
 
 class BatchNorm2d(nn.BatchNorm2d):
@@ -60,7 +61,7 @@ def require_norm_statistics(module: nn.Module, running: bool, field: str, why: s
         require_norm_statistics(backbone, running=False, field="model.init_args.backbone", why="MAML adapts it")
     """
     for name, layer in module.named_modules():
-        if isinstance(layer, nn.modules.batchnorm._NormBase) and layer.track_running_stats != running:
+        if is_norm_layer(layer) and layer.track_running_stats != running:
             wanted = "running" if running else "batch"
             kept = "keeps no running statistics" if running else "keeps running statistics"
             raise ConfigurationError(

@@ -28,6 +28,7 @@ from typing import Optional, Sequence
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lightning_meta.internals import is_norm_layer
 from lightning_meta.models.backbone import Backbone
 from lightning_meta.models.norm import BatchNorm2d
 
@@ -61,7 +62,7 @@ def init_like_official_code(module: nn.Module) -> None:
             nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+        elif is_norm_layer(m):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
         elif isinstance(m, nn.Linear):
