@@ -25,7 +25,7 @@ _ORIGIN: dict[str, str] = {
     ),
     **dict.fromkeys(
         ["ClassImages", "DomainPairDataModule", "EpisodicDataModule", "ImageFolderDataModule", "LinearDataModule",
-         "MiniImageNetDataModule", "NpzDataModule", "OmniglotDataModule", "SinusoidDataModule"],
+         "MiniImageNetDataModule", "NpzDataModule", "OmniglotDataModule", "SinusoidDataModule", "TaskDataModule"],
         "lightning_meta.data",
     ),
     "ConfigurationError": "lightning_meta.errors",
@@ -72,6 +72,7 @@ __all__ = [
     "SinusoidDataModule",
     "Task",
     "TaskBatch",
+    "TaskDataModule",
 ]
 
 
