@@ -132,7 +132,7 @@ class FirstStepGradients(pl.Callback):
     own names, as learn2learn's ``maml.module`` has them).
     """
 
-    def __init__(self, prefix: str = "model") -> None:
+    def __init__(self, prefix: str = "backbone") -> None:
         self.prefix = prefix
         self.grads: Optional[dict[str, Tensor]] = None
 

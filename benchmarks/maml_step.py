@@ -205,7 +205,7 @@ def time_reference(config: StepConfig, backbone: nn.Module, batch: TaskBatch, wa
 def time_ours(config: StepConfig, variant: Variant, backbone: nn.Module, batch: TaskBatch, warmup: int,
               load: ForeignLoad) -> Run:
     """lightning-meta: ``Trainer.fit`` over the same batch, steps timed by a callback."""
-    timer, recorder = StepTimer(skip=warmup, load=load), FirstStepGradients("model")
+    timer, recorder = StepTimer(skip=warmup, load=load), FirstStepGradients("backbone")
     steps = warmup + config.measured_steps
     trainer = quiet_trainer(steps, [timer, recorder], variant.precision)
     trainer.fit(build_learner(config, backbone, variant.batching), memory_loader([batch], steps))
