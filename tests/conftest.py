@@ -34,3 +34,19 @@ THREADS = 1 if os.environ.get("PYTEST_XDIST_WORKER") else 2
 def _torch_threads():
     torch.set_num_threads(THREADS)
     yield
+
+
+@pytest.fixture(autouse=True)
+def _no_shared_wandb_service():
+    """End the W&B service an in-process run started, after its test.
+
+    ``wandb.init`` in the test process starts a service and records it in ``WANDB_SERVICE``; every CLI run a
+    later test starts as a subprocess inherits that variable and joins the same service, where a resumed run
+    id is still "in use" (seen as ``ServerResponseError: run ID ... is in use`` in run-lifecycle tests).
+    """
+    yield
+    if os.environ.get("WANDB_SERVICE"):
+        import wandb
+
+        wandb.teardown()
+        os.environ.pop("WANDB_SERVICE", None)
