@@ -39,12 +39,10 @@ from lightning_meta.inner_loop import Params, choose_batching, vmap_meta_gradien
 from lightning_meta.metrics import SUMMARY_ORDER, episode_scores
 from lightning_meta.tasks import TaskBatch
 
-__all__ = ["MetaLearner", "support_set_ways", "FIELD"]
+__all__ = ["MetaLearner", "support_set_ways"]
 
 Batching = Literal["auto", "loop", "vmap"]
 
-#: kept for the learners that still spell their fields with it; new code uses ``errors.MODEL_ARGS``
-FIELD = MODEL_ARGS
 
 
 class MetaLearner(Learner):
