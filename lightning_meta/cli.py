@@ -58,6 +58,7 @@ from lightning_meta.catalog import find_config, help_text
 from lightning_meta.data.root import TaskDataModule
 from lightning_meta.data.saved_settings import compare_with_checkpoint
 from lightning_meta.errors import ConfigurationError, one_line_error
+from lightning_meta.internals import drop_deprecated_wandb_setting
 from lightning_meta.runs import CHECKPOINTS, RunPlan, plan_run
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
@@ -284,8 +285,8 @@ class MetaCLI(LightningCLI):
             kwargs.setdefault("logger", False)  # no W&B configured: metrics.csv only
         trainer = super().instantiate_trainer(**kwargs)
         for logger in trainer.loggers:
-            if isinstance(logger, WandbLogger) and logger._wandb_init.get("anonymous", 0) is None:
-                del logger._wandb_init["anonymous"]  # passed as None, W&B warns that the setting is deprecated
+            if isinstance(logger, WandbLogger):
+                drop_deprecated_wandb_setting(logger)
         trainer.loggers = [*trainer.loggers, metrics.logger]
         for callback in trainer.checkpoint_callbacks:
             if getattr(callback, "dirpath", None) is None:

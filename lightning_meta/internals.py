@@ -1,7 +1,10 @@
 """The one module that reads Lightning's or torch's internals; every other module goes through it.
 
 Each function wraps one private name that has no public equivalent, says why it is needed, and is
-the single place to update when a Lightning or torch release moves it.
+the single place to update when a Lightning, torch, W&B or numpy release moves it.  Beyond these,
+two subclasses extend their parent through its protected hooks, as Lightning documents subclassing:
+``MetaCLI`` overrides ``LightningCLI._add_configure_optimizers_method_to_model`` (``--optimizer`` per
+parameter group) and ``BestCheckpoint`` is a ``ModelCheckpoint``.
 
 Example::
 
@@ -13,13 +16,16 @@ Example::
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
+import numpy as np
 import torch
 from torch import nn
 
 if TYPE_CHECKING:
     import pytorch_lightning as pl
+    from pytorch_lightning.callbacks import ModelCheckpoint
+    from pytorch_lightning.loggers import WandbLogger
 
 
 def inside_functorch_transform() -> bool:
@@ -77,3 +83,41 @@ def cpu_has_fast_bf16() -> bool:
     Why: torch exposes the check only as the private op ``torch.ops.mkldnn._is_mkldnn_bf16_supported``.
     """
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def save_best_checkpoint(callback: "ModelCheckpoint", trainer: "pl.Trainer") -> None:
+    """Let a ``ModelCheckpoint`` consider the current metrics for its top-k (``best.ckpt``) now.
+
+    Why: :class:`~lightning_meta.callbacks.BestCheckpoint` must save after the validation that ends a run at
+    ``max_steps``, which Lightning's own hook skips once ``last.ckpt`` was written at that step; the
+    top-k save exists only as ``ModelCheckpoint._save_topk_checkpoint``.
+    """
+    callback._save_topk_checkpoint(trainer, callback._monitor_candidates(trainer))
+
+
+def save_last_checkpoint(callback: "ModelCheckpoint", trainer: "pl.Trainer") -> None:
+    """Write a ``ModelCheckpoint``'s ``last.ckpt`` now (whenever training stops, not only after validation).
+
+    Why: only ``ModelCheckpoint._save_last_checkpoint`` writes it, atomically and with its bookkeeping.
+    """
+    callback._save_last_checkpoint(trainer, callback._monitor_candidates(trainer))
+
+
+def drop_deprecated_wandb_setting(logger: "WandbLogger") -> None:
+    """Remove ``anonymous=None`` from a ``WandbLogger``'s pending ``wandb.init`` arguments.
+
+    Why: LightningCLI passes every ``WandbLogger`` argument, ``anonymous`` included, and W&B warns on each
+    run that the setting is deprecated; the arguments live in the private ``_wandb_init`` until the run
+    starts.
+    """
+    if logger._wandb_init.get("anonymous", 0) is None:
+        del logger._wandb_init["anonymous"]
+
+
+def npy_header_v3(file: Any, version: tuple[int, int]) -> tuple[tuple[int, ...], bool, Any]:
+    """``(shape, fortran_order, dtype)`` of a version 3.0 ``.npy`` header (utf-8 field names).
+
+    Why: numpy reads versions 1.0 and 2.0 publicly (``read_array_header_1_0/2_0``), 3.0 only through
+    ``numpy.lib.format._read_array_header``.
+    """
+    return np.lib.format._read_array_header(file, version)

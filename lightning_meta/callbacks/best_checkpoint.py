@@ -13,6 +13,8 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.utilities import rank_zero_warn
 from torch import Tensor
 
+from lightning_meta.internals import save_best_checkpoint, save_last_checkpoint
+
 # Lightning 2.6 warns that step checkpoints under manual optimisation hold the state *after* the
 # optimizer step.  That is the state a resumed run must continue from (global_step counts it).
 warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization and every_n_train_steps")
@@ -75,7 +77,7 @@ class BestCheckpoint(ModelCheckpoint):
             if trainer.state.fn == "fit":
                 # last.ckpt was written at this step (on_train_batch_end, before the validation), so Lightning
                 # skips this validation's top-k save: its score still competes for best.ckpt
-                self._save_topk_checkpoint(trainer, self._monitor_candidates(trainer))
+                save_best_checkpoint(self, trainer)
             self.write_last(trainer)  # a validation after the last step: keep its best score in last.ckpt
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -85,7 +87,7 @@ class BestCheckpoint(ModelCheckpoint):
     def write_last(self, trainer: pl.Trainer) -> None:
         """Write ``last.ckpt`` now (every rank calls this; rank 0 writes)."""
         if self.save_last and not trainer.fast_dev_run and not trainer.sanity_checking:
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+            save_last_checkpoint(self, trainer)
 
     # ------------------------------------------------------------------ non-finite scores
     def check_monitor_top_k(self, trainer: pl.Trainer, current: Optional[Tensor] = None) -> bool:

@@ -119,8 +119,6 @@ class ImageHeaders:
 
     @classmethod
     def read(cls, paths: Sequence[Path]) -> "ImageHeaders":
-        from PIL import Image
-
         def header(path: Path) -> tuple[tuple[int, int], str]:
             with opened(path) as image:  # reads the header, decodes nothing
                 return image.size, image.mode

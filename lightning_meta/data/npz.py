@@ -20,6 +20,7 @@ from lightning_meta.data.image_files import (
 )
 from lightning_meta.data.preprocessing import ImagePreprocessing
 from lightning_meta.errors import DATA_ARGS, ConfigurationError
+from lightning_meta.internals import npy_header_v3
 
 
 def _npy_header(f) -> tuple[tuple[int, ...], np.dtype]:
@@ -30,7 +31,7 @@ def _npy_header(f) -> tuple[tuple[int, ...], np.dtype]:
     elif version == (2, 0):
         shape, _, dtype = fmt.read_array_header_2_0(f)
     else:  # format 3.0 (utf-8 field names): no public reader
-        shape, _, dtype = fmt._read_array_header(f, version)
+        shape, _, dtype = npy_header_v3(f, version)
     return tuple(shape), dtype
 
 
