@@ -128,7 +128,6 @@ class Learner(pl.LightningModule):
         self.optimizer_steps: list[int] = []
         self.batches_trained = 0
         self.epoch_batches_trained = 0
-        self._batch_idx = 0
         self._cli_optimizer: Optional[dict[str, Any]] = None
         self._cli_scheduler: Optional[dict[str, Any]] = None
         self._throughput_mark: Optional[float] = None
@@ -228,7 +227,7 @@ class Learner(pl.LightningModule):
     @property
     def stepping(self) -> bool:
         """Whether this training batch closes an accumulation window (its :meth:`outer_step` updates)."""
-        batch = self._batch_idx + 1
+        batch = self.epoch_batches_trained
         return batch % self.accumulate_grad_batches == 0 or batch == self.trainer.num_training_batches
 
     def backpropagate(self, loss: Tensor, *, scale: float = 1.0, last: bool = True) -> Tensor:
@@ -338,7 +337,6 @@ class Learner(pl.LightningModule):
             self.optimizer_names = [str(i) for i in range(count)]
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        self._batch_idx = batch_idx
         self.batches_trained += 1
         self.epoch_batches_trained = batch_idx + 1
 
