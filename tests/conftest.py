@@ -38,15 +38,13 @@ def _torch_threads():
 
 @pytest.fixture(autouse=True)
 def _no_shared_wandb_service():
-    """End the W&B service an in-process run started, after its test.
+    """Keep CLI subprocesses off the W&B service an in-process run started.
 
     ``wandb.init`` in the test process starts a service and records it in ``WANDB_SERVICE``; every CLI run a
     later test starts as a subprocess inherits that variable and joins the same service, where a resumed run
     id is still "in use" (seen as ``ServerResponseError: run ID ... is in use`` in run-lifecycle tests).
+    The test process keeps its connection in memory, so dropping the variable is enough. ``wandb.teardown()``
+    is not: a later in-process run then fails with ``AlreadyJoinedError`` (seen in CI).
     """
     yield
-    if os.environ.get("WANDB_SERVICE"):
-        import wandb
-
-        wandb.teardown()
-        os.environ.pop("WANDB_SERVICE", None)
+    os.environ.pop("WANDB_SERVICE", None)
