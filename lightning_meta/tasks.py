@@ -106,3 +106,27 @@ class PredictionBatch(TaskBatch):
             files = None if self.query_files is None else self.query_files[i * size:(i + 1) * size]
             out.append(PredictionBatch(*part.tensors(), index=part.index, class_names=names, query_files=files))
         return out
+
+
+@dataclass
+class EnvTaskBatch:
+    """``B`` reinforcement-learning tasks: no examples, only what the learner needs to collect its own.
+
+    ``task`` holds the family's task parameters stacked along dim 0 (``{"goal": [B, 2]}`` for 2D
+    navigation); ``key [B]`` seeds all the rollout noise of each task (actions, payoffs, transitions,
+    PPO minibatches), so a task's rollouts do not depend on its batch, its process or a resume; ``index
+    [B]`` is each task's number in its split (``-1``: padding of an evaluation batch).
+
+    Example::
+
+        batch = EnvTaskBatch(task={"goal": torch.zeros(2, 2)}, key=torch.tensor([7, 9]), index=torch.tensor([0, 1]))
+        batch.num_tasks        # 2
+    """
+
+    task: dict[str, Tensor]
+    key: Tensor
+    index: Tensor
+
+    @property
+    def num_tasks(self) -> int:
+        return int(self.key.shape[0])

@@ -20,6 +20,7 @@ at ``horizon`` and masks the steps after ``done``.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Sequence
 
 import torch
@@ -32,7 +33,8 @@ class TaskFamily:
     """Base class of batched task families (see the module docstring).
 
     Subclasses set the class or instance attributes below and implement :meth:`sample_task`,
-    :meth:`reset` and :meth:`step`.
+    :meth:`reset` and :meth:`step`.  Each constructor argument is kept as an attribute of the same name,
+    so :meth:`spec` can describe the family in a checkpoint.
     """
 
     #: size of one observation vector
@@ -49,6 +51,14 @@ class TaskFamily:
     @property
     def discrete(self) -> bool:
         return self.num_actions > 0
+
+    def spec(self) -> dict[str, Any]:
+        """``{"class_path", "init_args"}`` of this family: how checkpoints and configs name it."""
+        names = [n for n in inspect.signature(type(self).__init__).parameters if n not in ("self", "args", "kwargs")]
+        args = {name: getattr(self, name) for name in names}
+        args = {k: list(v) if isinstance(v, tuple) else v for k, v in args.items()}
+        cls = type(self)
+        return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": args}
 
     def sample_task(self, generator: torch.Generator) -> Task:
         """One task's parameters, unbatched (e.g. ``{"goal": [2]}``), drawn from ``generator`` alone."""
