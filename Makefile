@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install --quiet cython numpy
 	$(PY) -c "import learn2learn" 2>/dev/null || $(PY) -m pip install --quiet --no-build-isolation \
 		--config-settings=--build-option=build_ext learn2learn==0.2.0
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet -e ".[dev,rl]"
 	touch $(STAMP)
 
 run: install
