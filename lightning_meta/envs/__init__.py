@@ -1,5 +1,8 @@
 """Batched meta-RL task families (see :mod:`lightning_meta.envs.family`)."""
 
+from lightning_meta.envs.bandits import BernoulliBandits
 from lightning_meta.envs.family import TaskFamily, rollout_uniforms
+from lightning_meta.envs.navigation import Navigation2D
+from lightning_meta.envs.tabular_mdp import TabularMDPs
 
-__all__ = ["TaskFamily", "rollout_uniforms"]
+__all__ = ["BernoulliBandits", "Navigation2D", "TabularMDPs", "TaskFamily", "rollout_uniforms"]

@@ -28,6 +28,9 @@ from torch import Tensor
 
 Task = dict[str, Tensor]
 
+#: the prefix of a family's constructor arguments in error messages (``family.init_args.arms``)
+FAMILY_ARGS = "family.init_args."
+
 
 class TaskFamily:
     """Base class of batched task families (see the module docstring).
