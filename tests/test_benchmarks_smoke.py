@@ -24,6 +24,9 @@ TABLES = {
     "Model-based and learned-optimizer training steps next to ProtoNet": ("SNAIL", "SNAIL 1 per pass",
                                                                           "MANN LSTM baseline", "Meta-Learner LSTM",
                                                                           "vs ProtoNet", "inner ms", "LSTM ms"),
+    "Environment steps per second: batched task families vs a gymnasium SyncVectorEnv": ("batched steps/s",
+                                                                                         "gymnasium steps/s",
+                                                                                         "batched/gymnasium"),
 }
 
 
