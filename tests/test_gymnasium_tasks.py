@@ -191,19 +191,23 @@ def test_ant_builds_steps_and_pays_maml_s_ant_reward():
     assert obs.shape == (1, 1, 105) and torch.isfinite(reward).all()
 
 
-@pytest.mark.parametrize("kwargs, field", [
-    ({"env": "PointGol-v0", "task_attribute": "goal", "low": 0.0, "high": 1.0}, "env='PointGol-v0'.*PointGoal-v0"),
-    ({"env": "no_such_module:PointGoal-v0", "values": [0.0]}, "env='no_such_module:PointGoal-v0'.*cannot be imported"),
-    ({"env": "PointGoal-v0", "task_attribute": "gaol", "low": 0.0, "high": 1.0}, "task_attribute='gaol'.*goal"),
+POINT = {"env": "PointGoal-v0", "task_attribute": "goal"}
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({**POINT, "env": "PointGol-v0", "values": [0.0]}, "env='PointGol-v0' is not a registered .* PointGoal-v0"),
+    ({**POINT, "env": "no_such_module:PointGoal-v0", "values": [0.0]}, "env='no_such_module:PointGoal-v0': module"),
+    ({**POINT, "task_attribute": "gaol", "values": [0.0]}, "task_attribute='gaol' is not an .* goal"),
     ({"env": "DictPoint-v0", "values": [0.0]}, "env='DictPoint-v0' has a Dict observation space"),
-    ({"env": "PointGoal-v0", "values": [0.0], "make_kwargs": {"speed": 2}}, "make_kwargs=.*speed"),
-    ({"env": "PointGoal-v0", "task_attribute": "goal", "low": 1.0, "high": 0.0}, "low=1.0 is above high=0.0"),
-    ({"env": "PointGoal-v0", "task_attribute": "goal", "low": 0.0}, "give either low and high"),
-    ({"env": "PointGoal-v0", "task_attribute": "goal", "low": 0.0, "high": 1.0, "values": [0.0]}, "either low"),
-    ({"env": "PointGoal-v0", "task_attribute": "goal", "values": [0.0], "vectorization": "threads"}, "vectorization"),
+    ({**POINT, "values": [0.0], "make_kwargs": {"speed": 2}}, "make_kwargs={'speed': 2} is not accepted"),
+    ({**POINT, "low": 1.0, "high": 0.0}, "low=1.0 is above high=0.0"),
+    ({**POINT, "low": 0.0}, "low/high/values: give either low and high"),
+    ({**POINT, "low": 0.0, "high": 1.0, "values": [0.0]}, "low/high/values: give either"),
+    ({**POINT, "values": [0.0], "vectorization": "threads"}, "vectorization='threads' is unknown"),
+    ({**POINT, "values": [0.0], "horizon": 0}, "horizon=0 is invalid"),
 ])
-def test_bad_settings_are_refused_naming_the_field(kwargs, field):
-    with pytest.raises(ConfigurationError, match=field):
+def test_bad_settings_are_refused_naming_the_field(kwargs, message):
+    with pytest.raises(ConfigurationError, match=r"^family\.init_args\." + message):
         GymnasiumTasks(**kwargs)
 
 

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from lightning_meta.envs.family import Task, TaskFamily
+from lightning_meta.envs.family import FAMILY_ARGS, Task, TaskFamily
 from lightning_meta.errors import ConfigurationError, require_choice, require_positive
 
 Vectorization = Literal["sync", "async"]
@@ -144,19 +144,18 @@ class GymnasiumTasks(TaskFamily):
                  high: Optional[Bound] = None, values: Optional[Sequence[Bound]] = None,
                  make_kwargs: Optional[dict[str, Any]] = None, horizon: Optional[int] = None,
                  vectorization: Vectorization = "sync"):
-        owner = type(self).__name__
-        gymnasium = import_gymnasium(owner)
-        require_choice(f"{owner}.vectorization", vectorization, Vectorization)
+        gymnasium = import_gymnasium(type(self).__name__)
+        require_choice(f"{FAMILY_ARGS}vectorization", vectorization, Vectorization)
         if make_kwargs is not None and not isinstance(make_kwargs, dict):
-            raise ConfigurationError(f"{owner}.make_kwargs={make_kwargs!r} is invalid: give a dict of keyword"
+            raise ConfigurationError(f"{FAMILY_ARGS}make_kwargs={make_kwargs!r} is invalid: give a dict of keyword"
                                      " arguments of gymnasium.make, e.g. {ctrl_cost_weight: 0.05}")
         self.env, self.task_attribute, self.low, self.high, self.values = env, task_attribute, low, high, values
         self.make_kwargs, self.vectorization = dict(make_kwargs or {}), vectorization
-        self._choices, self._low, self._high = self._task_distribution(owner)
-        registered_id = self._check_registered(gymnasium, owner)
-        probe = self._probe(gymnasium, owner)
+        self._choices, self._low, self._high = self._task_distribution()
+        registered_id = self._check_registered(gymnasium)
+        probe = self._probe(gymnasium)
         try:
-            self._check_task_attribute(probe, owner)
+            self._check_task_attribute(probe)
             self.observation_space, self.action_space = probe.observation_space, probe.action_space
         finally:
             probe.close()
@@ -164,9 +163,9 @@ class GymnasiumTasks(TaskFamily):
         for name, space in (("observation", self.observation_space), ("action", self.action_space)):
             if not isinstance(space, (spaces.Box, spaces.Discrete)):
                 raise ConfigurationError(
-                    f"{owner}.env={env!r} has a {type(space).__name__} {name} space: only Box and Discrete spaces"
-                    f" are supported; flatten it (gymnasium.wrappers.Flatten{name.capitalize()}) in an env you"
-                    " register")
+                    f"{FAMILY_ARGS}env={env!r} has a {type(space).__name__} {name} space: only Box and Discrete"
+                    f" spaces are supported; flatten it (gymnasium.wrappers.Flatten{name.capitalize()}) in an env"
+                    " you register")
         self._one_hot = isinstance(self.observation_space, spaces.Discrete)
         if self._one_hot:
             self.observation_size = int(self.observation_space.n)
@@ -178,71 +177,72 @@ class GymnasiumTasks(TaskFamily):
             self.action_size = int(np.prod(self.action_space.shape))
         registered = gymnasium.spec(registered_id).max_episode_steps
         if horizon is None and registered is None:
-            raise ConfigurationError(f"{owner}.horizon is needed: {env!r} registers no max_episode_steps")
+            raise ConfigurationError(f"{FAMILY_ARGS}horizon is needed: {env!r} registers no max_episode_steps")
         self.horizon = registered if horizon is None else horizon
-        require_positive(f"{owner}.horizon", self.horizon)
+        require_positive(f"{FAMILY_ARGS}horizon", self.horizon)
         self._vectors: dict[int, Any] = {}
         self._episodes: dict[int, int] = {}
 
-    def _task_distribution(self, owner: str) -> tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
+    def _task_distribution(self) -> tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
         """``(choices [K, ...], None, None)`` for ``values``, ``(None, low, high)`` for a uniform task."""
         uniform = self.low is not None or self.high is not None
         if (self.values is not None) == uniform or (uniform and (self.low is None or self.high is None)):
             raise ConfigurationError(
-                f"{owner}: give either low and high (a uniform task) or values (a finite set), got low={self.low!r},"
-                f" high={self.high!r}, values={self.values!r}")
+                f"{FAMILY_ARGS}low/high/values: give either low and high (a uniform task) or values (a finite"
+                f" set), got low={self.low!r}, high={self.high!r}, values={self.values!r}")
         if self.values is not None:
             try:
                 choices = torch.tensor(self.values, dtype=torch.float64)
             except (TypeError, ValueError) as error:
-                raise ConfigurationError(f"{owner}.values={self.values!r} is invalid ({error}): give a list of"
+                raise ConfigurationError(f"{FAMILY_ARGS}values={self.values!r} is invalid ({error}): give a list of"
                                          " numbers, or of lists of one length") from error
             if choices.dim() == 0 or len(choices) == 0:
-                raise ConfigurationError(f"{owner}.values={self.values!r} is invalid: give a non-empty list of tasks")
+                raise ConfigurationError(f"{FAMILY_ARGS}values={self.values!r} is invalid: give a non-empty list"
+                                         " of tasks")
             return choices, None, None
         low, high = (torch.tensor(bound, dtype=torch.float64) for bound in (self.low, self.high))
         if low.shape != high.shape or not (torch.isfinite(low).all() and torch.isfinite(high).all()):
-            raise ConfigurationError(f"{owner}.low={self.low!r} and high={self.high!r} are invalid: give finite"
+            raise ConfigurationError(f"{FAMILY_ARGS}low={self.low!r} and high={self.high!r} are invalid: give finite"
                                      " bounds of one shape (two numbers, or two lists of one length)")
         if (low > high).any():
-            raise ConfigurationError(f"{owner}.low={self.low!r} is above high={self.high!r}: give low <= high")
+            raise ConfigurationError(f"{FAMILY_ARGS}low={self.low!r} is above high={self.high!r}: give low <= high")
         return None, low, high
 
-    def _check_registered(self, gymnasium: Any, owner: str) -> str:
+    def _check_registered(self, gymnasium: Any) -> str:
         """The registered id of ``env`` (``"module:id"``: the module imported first, as ``gymnasium.make`` does)."""
         module, _, name = str(self.env).rpartition(":")
         if module:
             try:
                 importlib.import_module(module)
             except ImportError as error:
-                raise ConfigurationError(f"{owner}.env={self.env!r}: module {module!r}, which should register"
+                raise ConfigurationError(f"{FAMILY_ARGS}env={self.env!r}: module {module!r}, which should register"
                                          f" {name!r}, cannot be imported ({error})") from error
         if not isinstance(self.env, str) or name not in gymnasium.registry:
             close = difflib.get_close_matches(name, list(gymnasium.registry), n=3, cutoff=0.5)
             hint = f"did you mean {', '.join(close)}? " if close else ""
-            raise ConfigurationError(f"{owner}.env={self.env!r} is not a registered gymnasium id: {hint}"
+            raise ConfigurationError(f"{FAMILY_ARGS}env={self.env!r} is not a registered gymnasium id: {hint}"
                                      "gymnasium.pprint_registry() lists them")
         return name
 
-    def _probe(self, gymnasium: Any, owner: str) -> Any:
+    def _probe(self, gymnasium: Any) -> Any:
         """One environment, to read the spaces and check the task attribute."""
         try:
             return make_env(self.env, self.make_kwargs)
         except gymnasium.error.DependencyNotInstalled as error:
-            raise ConfigurationError(f"{owner}.env={self.env!r} needs a package that is not installed ({error}):"
-                                     f" {INSTALL}") from error
+            raise ConfigurationError(f"{FAMILY_ARGS}env={self.env!r} needs a package that is not installed"
+                                     f" ({error}): {INSTALL}") from error
         except TypeError as error:
-            raise ConfigurationError(f"{owner}.make_kwargs={self.make_kwargs!r} is not accepted by {self.env!r}:"
-                                     f" {error}") from error
+            raise ConfigurationError(f"{FAMILY_ARGS}make_kwargs={self.make_kwargs!r} is not accepted by"
+                                     f" {self.env!r}: {error}") from error
 
-    def _check_task_attribute(self, probe: Any, owner: str) -> None:
+    def _check_task_attribute(self, probe: Any) -> None:
         unwrapped = probe.unwrapped
         if self.task_attribute is not None and not hasattr(unwrapped, self.task_attribute):
             close = difflib.get_close_matches(self.task_attribute, list(vars(unwrapped)), n=3)
             hint = f" (did you mean {', '.join(close)}?)" if close else ""
             raise ConfigurationError(
-                f"{owner}.task_attribute={self.task_attribute!r} is not an attribute of {type(unwrapped).__name__}"
-                f"{hint}: name the attribute of env.unwrapped that holds the task")
+                f"{FAMILY_ARGS}task_attribute={self.task_attribute!r} is not an attribute of"
+                f" {type(unwrapped).__name__}{hint}: name the attribute of env.unwrapped that holds the task")
 
     def sample_task(self, generator: torch.Generator) -> Task:
         """``{"task": value}``: uniform in ``[low, high]``, or one of ``values``."""
