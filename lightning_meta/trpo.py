@@ -10,7 +10,7 @@ gradients in ``backward()`` only, never in ``torch.autograd.grad``, so a distrib
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from typing import Callable, NamedTuple, Optional
 
 import torch
 from torch import Tensor
@@ -88,7 +88,8 @@ def unflat(vector: Tensor, like: Params) -> Params:
 
 def trpo_step(loss_and_kl: Callable[[Params], tuple[Tensor, Tensor]], params: Params, max_kl: float = 1e-2,
               cg_iters: int = 10, cg_damping: float = 1e-5, residual_tol: float = 1e-10, ls_steps: int = 15,
-              ls_backtrack: float = 0.8, reduce: Reduce = identity) -> TRPOStep:
+              ls_backtrack: float = 0.8, reduce: Reduce = identity,
+              kl_hvp: Optional[Callable[[Params], Params]] = None) -> TRPOStep:
     """One TRPO update of ``params``, which minimises ``loss`` subject to ``kl <= max_kl``.
 
     ``loss_and_kl(params) -> (loss, kl)`` gives the surrogate loss (e.g. ``-masked_mean(ratio * A)``) and
@@ -105,6 +106,10 @@ def trpo_step(loss_and_kl: Callable[[Params], tuple[Tensor, Tensor]], params: Pa
 
     The defaults are rllab's ``ConjugateGradientOptimizer``, which MAML's code used with ``max_kl = 0.01``
     (``pytorch-maml-rl`` and learn2learn's example halve the step instead: ``ls_backtrack=0.5``).
+    ``kl_hvp(v) -> H v`` (dicts like ``params``) replaces the KL's double backward when the caller has a
+    cheaper exact product (MAML's: adaptation Jacobian, Fisher at the adapted weights, transposed Jacobian,
+    without third derivatives).
+
     The closure runs with gradients enabled in the line search too (a MAML closure differentiates its
     inner loop); its results there are detached.
 
@@ -129,11 +134,14 @@ def trpo_step(loss_and_kl: Callable[[Params], tuple[Tensor, Tensor]], params: Pa
     with torch.enable_grad():
         loss, kl = loss_and_kl(leaves)
         gradient = reduce(flat_gradient(loss, leaves, retain_graph=True))
-        kl_gradient = flat_gradient(kl, leaves, create_graph=True)
+        kl_gradient = flat_gradient(kl, leaves, create_graph=True) if kl_hvp is None else None
 
     def hvp(vector: Tensor) -> Tensor:
         with torch.enable_grad():
-            product = flat_gradient(kl_gradient.dot(vector), leaves, retain_graph=True)
+            if kl_hvp is not None:
+                product = flat(list(kl_hvp(unflat(vector, old)).values()))
+            else:
+                product = flat_gradient(kl_gradient.dot(vector), leaves, retain_graph=True)
         return reduce(product) + cg_damping * vector
 
     direction = conjugate_gradient(hvp, -gradient, iters=cg_iters, residual_tol=residual_tol)

@@ -247,7 +247,8 @@ class Learner(pl.LightningModule):
         return detached
 
     def outer_step(self, loss: Optional[Tensor] = None, *, grads: Optional[Mapping[str, Tensor]] = None,
-                   optimizer: OptimizerRef = 0, closure: Optional[Callable[[], Any]] = None) -> bool:
+                   optimizer: OptimizerRef = 0, closure: Optional[Callable[[], Any]] = None,
+                   all_reduced: bool = False) -> bool:
         """One outer update of an optimizer's parameters; returns whether it stepped (accumulation).
 
         Give ``loss`` (back-propagated here), or ``grads`` (``{parameter name: gradient}``, as
@@ -255,10 +256,19 @@ class Learner(pl.LightningModule):
         apply), or neither after :meth:`backpropagate`.  ``closure`` is passed to ``optimizer.step`` (line
         search, TRPO); it re-evaluates the loss itself.  The step clips to ``gradient_clip_val``, steps
         the optimizer's ``interval: step`` schedulers and counts in :attr:`optimizer_steps`.
+
+        ``all_reduced=True`` says ``grads`` are already the same on every process (averaged with
+        :meth:`all_reduce_mean`, or an update every process computed alike, as TRPO's): they are added to
+        ``.grad`` directly, with no backward pass and no DDP reducer involved, however many outer steps a
+        batch takes (PPO's epochs, TRPO's update).
         """
         if loss is not None and grads is not None:
             raise ValueError("outer_step takes a loss or gradients, not both")
-        if grads is not None:
+        if all_reduced:
+            if grads is None:
+                raise ValueError("outer_step(all_reduced=True) needs grads")
+            self.add_gradients(grads)
+        elif grads is not None:
             loss = surrogate_loss(dict(self.named_parameters()), grads)
         if loss is not None:
             self.backpropagate(loss)
@@ -274,6 +284,28 @@ class Learner(pl.LightningModule):
         self.optimizer_steps[index] += 1
         self._step_schedulers(wrapped.optimizer, "step", self.optimizer_steps[index])
         return True
+
+    def add_gradients(self, grads: Mapping[str, Tensor]) -> None:
+        """Add ``grads`` (divided by ``accumulate_grad_batches``) to the parameters' ``.grad``, outside autograd."""
+        if self.inner_loss_scale != 1.0:
+            raise ConfigurationError("trainer.precision='16-mixed' scales gradients that outer_step(all_reduced=True)"
+                                     " bypasses: use 32-true, 64-true or bf16-mixed")
+        params = dict(self.named_parameters())
+        unknown = sorted(set(grads) - set(params))
+        if unknown:
+            raise KeyError(f"gradients for unknown parameters {unknown}")
+        for name, g in grads.items():
+            g = g.detach().to(params[name].dtype) / self.accumulate_grad_batches
+            param = params[name]
+            param.grad = g.clone() if param.grad is None else param.grad + g
+
+    def all_reduce_mean(self, tensor: Tensor) -> Tensor:
+        """The mean of ``tensor`` over the processes (itself with one): for values DDP does not sync, such as
+        gradients from ``torch.autograd.grad`` and the statistics of a line search."""
+        trainer = attached_trainer(self)
+        if trainer is None or trainer.world_size == 1:
+            return tensor
+        return trainer.strategy.reduce(tensor, reduce_op="mean")
 
     def check_finite(self, losses: Tensor) -> None:
         """Raise ``FloatingPointError`` for a non-finite loss, before any weight changes (fp16: warn only)."""

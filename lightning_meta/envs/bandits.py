@@ -36,7 +36,7 @@ class BernoulliBandits(TaskFamily):
 
     def __init__(self, arms: int = 5):
         require_positive(FAMILY_ARGS + "arms", arms)
-        self.num_actions = arms
+        self.arms = self.num_actions = arms
 
     def sample_task(self, generator: torch.Generator) -> Task:
         """``{"p": [arms]}``, uniform in [0, 1] (drawn in float64, returned in the default dtype)."""

@@ -43,7 +43,8 @@ class TabularMDPs(TaskFamily):
         require_positive(FAMILY_ARGS + "states", states)
         require_positive(FAMILY_ARGS + "actions", actions)
         require_positive(FAMILY_ARGS + "horizon", horizon)
-        self.observation_size, self.num_actions, self.horizon = states, actions, horizon
+        self.states, self.actions, self.horizon = states, actions, horizon
+        self.observation_size, self.num_actions = states, actions
 
     def sample_task(self, generator: torch.Generator) -> Task:
         """The transition table, then the mean rewards (drawn in float64, returned in the default dtype)."""
