@@ -33,6 +33,7 @@ from torch.func import functional_call, vmap
 
 from lightning_meta.algorithms.learner import Learner
 from lightning_meta.algorithms.rl_checks import check_env_data, check_policy, require_discount
+from lightning_meta.envs.family import TaskFamily
 from lightning_meta.errors import MODEL_ARGS, ConfigurationError, optional_positive, require_choice, require_positive
 from lightning_meta.inner_loop import Graph, Params, adapt, detached
 from lightning_meta.inner_updates import SGD
@@ -187,9 +188,11 @@ class MAMLPolicyGradient(Learner):
         per_task = [self.adapt_task(theta, [pick(s, b) for s in support], step_sizes, graph) for b in range(tasks)]
         return {name: torch.stack([p[name] for p in per_task]) for name in theta}
 
-    def explore(self, batch: EnvTaskBatch, n: int, step_sizes: Sequence[float]) -> tuple[list[Trajectories], Trajectories]:
-        """Collect, adapt, collect: the support episodes of each inner step and the episodes after the last."""
-        family, task = self.data.family, self.cast_task(batch.task)
+    def explore(self, family: TaskFamily, batch: EnvTaskBatch, n: int,
+                step_sizes: Sequence[float]) -> tuple[list[Trajectories], Trajectories]:
+        """Collect, adapt, collect: ``n`` episodes per task of each inner step (the support of the next step),
+        and the episodes after the last step."""
+        task = self.cast_task(batch.task)
         theta = detached(dict(self.policy.named_parameters()))
         support: list[Trajectories] = []
         params, per_task = theta, False
@@ -238,7 +241,7 @@ class MAMLPolicyGradient(Learner):
 
     def training_step(self, batch: EnvTaskBatch, batch_idx: int) -> None:
         start = time.perf_counter()
-        support, query = self.explore(batch, self.data.rollouts_for("train"), self.step_sizes(True))
+        support, query = self.explore(self.data.family, batch, self.data.rollouts_for("train"), self.step_sizes(True))
         theta = dict(self.policy.named_parameters())
         if self.outer == "trpo":
             loss, kl, entropy = self.trpo_update(theta, support, query)
@@ -312,7 +315,7 @@ class MAMLPolicyGradient(Learner):
     def evaluate_tasks(self, batch: EnvTaskBatch) -> dict[str, Tensor]:
         stage = "test" if self.trainer.testing else "val"
         sizes = self.step_sizes(False)
-        support, query = self.explore(batch, self.data.rollouts_for(stage), sizes)
+        support, query = self.explore(self.data.family, batch, self.data.rollouts_for(stage), sizes)
         returns = [s.returns().mean(1) for s in support] + [query.returns().mean(1)]
         values = {"return_before": returns[0]}
         values.update({f"return_step{k}": returns[k] for k in range(1, len(returns))})
