@@ -59,6 +59,9 @@ ALGORITHMS: tuple[Entry, ...] = (
           "Baseline with a cosine classifier head (Chen et al. 2019)"),
     Entry("DomainAdversarial", "lightning_meta.DomainAdversarial",
           "domain adaptation by gradient reversal (Ganin & Lempitsky 2015)"),
+    Entry("MAMLPolicyGradient", "lightning_meta.MAMLPolicyGradient",
+          "MAML for reinforcement learning, TRPO or PPO outer step (Finn et al. 2017; Rothfuss et al. 2019)"),
+    Entry("RL2", "lightning_meta.RL2", "a recurrent policy that learns within a trial, trained with PPO (Duan et al. 2016)"),
 )
 
 DATA_MODULES: tuple[Entry, ...] = (
@@ -72,6 +75,8 @@ DATA_MODULES: tuple[Entry, ...] = (
     Entry("NpzDataModule", "lightning_meta.NpzDataModule", "an .npz array of images [classes, samples, H, W]"),
     Entry("DomainPairDataModule", "lightning_meta.DomainPairDataModule",
           "a labelled source and an unlabelled target domain (DomainAdversarial)"),
+    Entry("EnvTaskDataModule", "lightning_meta.EnvTaskDataModule",
+          "reinforcement-learning tasks of a batched family (2D navigation, bandits, MDPs, gymnasium)"),
 )
 
 

@@ -19,9 +19,21 @@ import torch
 from pytorch_lightning.strategies import DDPStrategy
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 
-from lightning_meta import MAML, MANN, SNAIL, ClassImages, EpisodicDataModule, MetaLearnerLSTM, SinusoidDataModule
+from lightning_meta import (
+    MAML,
+    MANN,
+    RL2,
+    SNAIL,
+    ClassImages,
+    EnvTaskDataModule,
+    EpisodicDataModule,
+    MAMLPolicyGradient,
+    MetaLearnerLSTM,
+    SinusoidDataModule,
+)
 from lightning_meta.algorithms.reptile import Reptile
-from lightning_meta.models import MLP, Conv4
+from lightning_meta.envs import BernoulliBandits, Navigation2D
+from lightning_meta.models import MLP, Conv4, GaussianMLPPolicy, GRUPolicy
 
 ALLREDUCES = [0]
 
@@ -62,6 +74,19 @@ def reptile(network, batching: str) -> Reptile:
                    outer_lr=0.5, outer_lr_final=0.0, batching=batching)
 
 
+def navigation() -> EnvTaskDataModule:
+    return EnvTaskDataModule(Navigation2D(horizon=8), rollouts=4, meta_batch_size=4, episodes_per_epoch=12,
+                             val_episodes=4)
+
+
+def maml_rl(outer: str, batching: str) -> MAMLPolicyGradient:
+    """cg_damping 0.1: conjugate gradient on the nearly singular Fisher of a tiny policy (damping 1e-5)
+    turns the last-bit difference between summing 4 tasks and averaging 2 + 2 into a 1e-3 different step
+    (measured in float64: equal gradients and products to 1e-16, steps 4e-4 apart)."""
+    return MAMLPolicyGradient(GaussianMLPPolicy(2, 2, hidden_sizes=(8, 8)), outer=outer, ppo_epochs=2,
+                              batching=batching, cg_damping=0.1)
+
+
 BUILDERS: dict[str, Callable[[str], tuple[pl.LightningModule, pl.LightningDataModule]]] = {
     "mlp": lambda b: (MAML(MLP(1, 1, (16, 16)), inner_lr=0.05, inner_steps=2, batching=b), sines()),
     "conv": lambda b: (MAML(conv(), inner_lr=0.4, inner_steps=2, batching=b), images()),
@@ -73,12 +98,19 @@ BUILDERS: dict[str, Callable[[str], tuple[pl.LightningModule, pl.LightningDataMo
     "mann": lambda b: (MANN(3, conv(None, batch_norm_stats="running"), controller_size=8, memory_slots=6,
                             memory_width=4, read_heads=2), images()),
     "metalstm": lambda b: (MetaLearnerLSTM(conv(), inner_steps=2), images()),
+    # meta-RL: gradients from torch.autograd.grad, reduced by the learner (no DDP all-reduce hook)
+    "maml_rl_trpo": lambda b: (maml_rl("trpo", b), navigation()),
+    "maml_rl_ppo": lambda b: (maml_rl("ppo", b), navigation()),
+    "rl2": lambda b: (RL2(GRUPolicy(1, num_actions=3, hidden_size=8), ppo_epochs=2, ppo_minibatches=2),
+                      EnvTaskDataModule(BernoulliBandits(3), episodes_per_trial=5, rollouts=4, meta_batch_size=4,
+                                        episodes_per_epoch=12, val_episodes=4)),
 }
 
 
 def main(out: str, devices: int, batching: str, model_kind: str) -> None:
     pl.seed_everything(0)
     model, data = BUILDERS[model_kind](batching)
+    initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
     strategy = DDPStrategy(process_group_backend="gloo") if devices > 1 else "auto"
     trainer = pl.Trainer(accelerator="cpu", devices=devices, strategy=strategy, max_steps=3, limit_val_batches=0,
                          logger=False, enable_checkpointing=False, enable_progress_bar=False,
@@ -86,7 +118,7 @@ def main(out: str, devices: int, batching: str, model_kind: str) -> None:
                          callbacks=[CountAllReduces()] if devices > 1 else [])
     trainer.fit(model, data)
     if trainer.is_global_zero:
-        torch.save({"params": {k: v.detach().clone() for k, v in model.state_dict().items()},
+        torch.save({"params": {k: v.detach().clone() for k, v in model.state_dict().items()}, "initial": initial,
                     "allreduces": ALLREDUCES[0], "steps": trainer.global_step,
                     "lr": trainer.optimizers[0].param_groups[0]["lr"]}, out)
 

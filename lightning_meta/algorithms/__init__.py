@@ -6,6 +6,7 @@ from lightning_meta.algorithms.domain_adversarial import DomainAdversarial
 from lightning_meta.algorithms.finetune import Baseline, BaselinePlusPlus, FineTuningBaseline
 from lightning_meta.algorithms.learner import Learner
 from lightning_meta.algorithms.maml import MAML
+from lightning_meta.algorithms.maml_rl import MAMLPolicyGradient
 from lightning_meta.algorithms.mann import MANN
 from lightning_meta.algorithms.matching import MatchingNetwork
 from lightning_meta.algorithms.meta_lstm import MetaLearnerLSTM
@@ -14,10 +15,11 @@ from lightning_meta.algorithms.metric import MetricLearner
 from lightning_meta.algorithms.protonet import PrototypicalNetwork
 from lightning_meta.algorithms.relation import RelationNetwork
 from lightning_meta.algorithms.reptile import Reptile
+from lightning_meta.algorithms.rl2 import RL2
 from lightning_meta.algorithms.sequence import SequenceLearner
 from lightning_meta.algorithms.siamese import SiameseNetwork
 from lightning_meta.algorithms.snail import SNAIL
 
-__all__ = ["ANIL", "Baseline", "BaselinePlusPlus", "DomainAdversarial", "FineTuningBaseline", "Learner", "MAML",
+__all__ = ["ANIL", "Baseline", "BaselinePlusPlus", "DomainAdversarial", "FineTuningBaseline", "Learner", "MAML", "MAMLPolicyGradient",
            "MANN", "MatchingNetwork", "MetaLearner", "MetaLearnerLSTM", "MetaSGD", "MetricLearner",
-           "PrototypicalNetwork", "RelationNetwork", "Reptile", "SequenceLearner", "SiameseNetwork", "SNAIL"]
+           "PrototypicalNetwork", "RelationNetwork", "Reptile", "RL2", "SequenceLearner", "SiameseNetwork", "SNAIL"]

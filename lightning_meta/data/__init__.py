@@ -1,10 +1,12 @@
 """Data modules: the root :class:`TaskDataModule` (addressable items split across processes, resumable), the
-episodic modules (N-way K-shot tasks from image classes or function families) and the domain pairs of DANN."""
+episodic modules (N-way K-shot tasks from image classes or function families) the domain pairs of DANN and
+the environment tasks of meta-RL."""
 
 from lightning_meta.data.bundled import bundled_names, bundled_path
 from lightning_meta.data.class_images import ClassImages
 from lightning_meta.data.datamodule import EpisodicDataModule
 from lightning_meta.data.domains import DomainPairDataModule
+from lightning_meta.data.env_tasks import EnvTaskDataModule
 from lightning_meta.data.episodes import EpisodeStream, episode_generator
 from lightning_meta.data.image_folder import ImageFolderDataModule
 from lightning_meta.data.miniimagenet import MiniImageNetDataModule
@@ -25,6 +27,7 @@ from lightning_meta.data.supervised import SupervisedStream
 __all__ = [
     "ClassImages",
     "DomainPairDataModule",
+    "EnvTaskDataModule",
     "EpisodeStream",
     "EpisodicDataModule",
     "ImagePreprocessing",
