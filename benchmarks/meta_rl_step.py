@@ -1,0 +1,149 @@
+"""Seconds per meta-iteration of the meta-RL learners, broken down, on their paper-sized problems.
+
+* MAML-TRPO and MAML-PPO on 2D navigation, 20 tasks x 20 episodes of 100 steps, policy 2-100-100-2:
+  collecting (both inner steps' episodes), the meta-gradient, the curvature products of TRPO's
+  conjugate gradient (``cg_iters + 1`` of them), the line search, and the whole iteration as the
+  training step runs it; PPO's 5 epochs;
+* RL² on k=5 bandits with n=100 pulls, 64 tasks x 8 trials: collecting and the PPO epochs.
+
+The issue's target: MAML-TRPO at most 4 s per iteration on 2 cores.
+
+    python -m benchmarks.meta_rl_step          # the sizes above: about a minute
+    python -m benchmarks.meta_rl_step --tiny   # 2 tasks x 2 episodes of 5 steps
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from typing import Callable, Optional, Sequence
+
+import torch
+
+from benchmarks.common import ForeignLoad, add_common_arguments, code_version, format_table, quiet, write_json
+from lightning_meta.algorithms.maml_rl import MAMLPolicyGradient
+from lightning_meta.algorithms.rl2 import RL2, collect_trials
+from lightning_meta.data.env_tasks import EnvTaskDataModule, EnvTaskStream
+from lightning_meta.envs import BernoulliBandits, Navigation2D
+from lightning_meta.models import GaussianMLPPolicy, GRUPolicy
+from lightning_meta.tasks import EnvTaskBatch
+from lightning_meta.trpo import trpo_step
+
+TITLE = "Meta-RL: seconds per meta-iteration, broken down"
+HEADERS = ("learner", "problem", "collect s", "gradient s", "curvature s", "line search s", "iteration s",
+           "other load")
+
+
+def timed(function: Callable[[], object], rounds: int) -> float:
+    seconds = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        function()
+        seconds.append(time.perf_counter() - start)
+    return statistics.median(seconds)
+
+
+def first_batch(data: EnvTaskDataModule, tasks: int) -> EnvTaskBatch:
+    return EnvTaskStream(data.family, [list(range(tasks))], data.seed, "train", 0).batch(0)
+
+
+def maml_row(outer: str, tasks: int, rollouts: int, horizon: int, hidden: int, rounds: int) -> tuple[list, dict]:
+    data = EnvTaskDataModule(Navigation2D(horizon=horizon), rollouts=rollouts, meta_batch_size=tasks)
+    model = MAMLPolicyGradient(GaussianMLPPolicy(2, 2, hidden_sizes=(hidden, hidden)), outer=outer)
+    batch = first_batch(data, tasks)
+    sizes = model.step_sizes(True)
+    explore = lambda: model.explore(data.family, batch, rollouts, sizes)  # noqa: E731
+    support, query = explore()
+    theta = {k: v.detach() for k, v in model.policy.named_parameters()}
+
+    def gradient() -> None:
+        leaves = {k: v.clone().requires_grad_() for k, v in theta.items()}
+        torch.autograd.grad(model.batch_terms(leaves, support, query)[0], list(leaves.values()))
+
+    vector = {k: torch.randn_like(v) for k, v in theta.items()}
+
+    def curvature() -> None:
+        product = model.kl_hvp(theta, support, query)
+        for _ in range(model.cg_iters + 1):
+            product(vector)
+
+    def line_search_point() -> None:
+        with torch.enable_grad():
+            model.batch_terms(theta, support, query)
+
+    def iteration() -> None:
+        support, query = explore()
+        if outer == "trpo":
+            trpo_step(lambda p: tuple(model.batch_terms(p, support, query)[:2]), theta, max_kl=model.max_kl,
+                      cg_iters=model.cg_iters, cg_damping=model.cg_damping, kl_hvp=model.kl_hvp(theta, support, query))
+        else:
+            for _ in range(model.ppo_epochs):
+                gradient()
+
+    load = ForeignLoad()
+    load.start()
+    collect_s, gradient_s = timed(explore, rounds), timed(gradient, rounds)
+    curvature_s = timed(curvature, rounds) if outer == "trpo" else 0.0
+    search_s = timed(line_search_point, rounds) if outer == "trpo" else 0.0
+    iteration_s = timed(iteration, rounds)
+    load.stop()
+    other = load.cores
+    problem = f"nav {tasks}x{rollouts}x{horizon}, {hidden}x{hidden}"
+    label = f"MAML-{outer.upper()}"
+    row = [label, problem, collect_s, gradient_s, curvature_s, search_s, iteration_s, other]
+    return row, {"learner": label, "collect_s": collect_s, "gradient_s": gradient_s, "curvature_s": curvature_s,
+                 "line_search_point_s": search_s, "iteration_s": iteration_s}
+
+
+def rl2_row(tasks: int, trials: int, pulls: int, rounds: int) -> tuple[list, dict]:
+    data = EnvTaskDataModule(BernoulliBandits(5), rollouts=trials, episodes_per_trial=pulls, meta_batch_size=tasks)
+    model = RL2(GRUPolicy(1, num_actions=5, hidden_size=64))
+    batch = first_batch(data, tasks)
+    collect = lambda: collect_trials(model.policy, data.family, batch.task, trials, pulls, batch.key, 0,  # noqa: E731
+                                     torch.float32)
+
+    def update() -> None:
+        collected = collect()
+        leaves = {k: v.detach().requires_grad_() for k, v in model.policy.named_parameters()}
+        for _ in range(model.ppo_epochs * model.ppo_minibatches):
+            half = trials // model.ppo_minibatches
+            part = type(collected)(*(x[:, :half] for x in collected))
+            loss = model.minibatch_losses(part, part.rewards, part.rewards, leaves)["loss"]
+            torch.autograd.grad(loss, list(leaves.values()))
+
+    load = ForeignLoad()
+    load.start()
+    collect_s, iteration_s = timed(collect, rounds), timed(update, rounds)
+    load.stop()
+    other = load.cores
+    row = ["RL2", f"bandits k=5 n={pulls}, {tasks}x{trials}", collect_s, iteration_s - collect_s, 0.0, 0.0,
+           iteration_s, other]
+    return row, {"learner": "RL2", "collect_s": collect_s, "iteration_s": iteration_s}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_common_arguments(parser)
+    args = parser.parse_args(argv)
+    quiet(args.threads)
+    sizes = dict(tasks=2, rollouts=2, horizon=5, hidden=8, rounds=1) if args.tiny else \
+        dict(tasks=20, rollouts=20, horizon=100, hidden=100, rounds=3)
+    rows, raw = [], []
+    for outer in ("trpo", "ppo"):
+        row, numbers = maml_row(outer, **sizes)
+        rows.append(row)
+        raw.append(numbers)
+    rl2_sizes = (2, 2, 5, 1) if args.tiny else (64, 8, 100, 3)
+    row, numbers = rl2_row(*rl2_sizes)
+    rows.append(row)
+    raw.append(numbers)
+    print(f"{TITLE} ({code_version()}, {args.threads} threads)")
+    print(format_table(HEADERS, rows))
+    result = {"rows": raw}
+    write_json(args.json, result)
+    return {"raw": result}
+
+
+if __name__ == "__main__":
+    main()
