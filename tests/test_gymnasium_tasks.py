@@ -207,7 +207,7 @@ POINT = {"env": "PointGoal-v0", "task_attribute": "goal"}
     ({**POINT, "values": [0.0], "horizon": 0}, "horizon=0 is invalid"),
 ])
 def test_bad_settings_are_refused_naming_the_field(kwargs, message):
-    with pytest.raises(ConfigurationError, match=r"^family\.init_args\." + message):
+    with pytest.raises(ConfigurationError, match=r"^data\.init_args\.family\.init_args\." + message):
         GymnasiumTasks(**kwargs)
 
 

@@ -175,6 +175,16 @@ class Learner(pl.LightningModule):
         folder exists, Lightning from :meth:`setup`.  The root refuses ``predict`` without a writer."""
         if stage == "predict" and self.prediction_writer() is None:
             raise ConfigurationError(f"{type(self).__name__} does not predict: use fit, validate or test")
+        trainer = getattr(datamodule, "trainer", None)
+        if trainer is not None:
+            self.check_precision(str(trainer.precision))
+
+    def check_precision(self, precision: str) -> None:
+        """Refuse a Trainer precision outside :attr:`supported_precisions`."""
+        if self.supported_precisions is not None and precision not in self.supported_precisions:
+            raise ConfigurationError(
+                f"trainer.precision={precision!r}: {type(self).__name__} supports "
+                f"{', '.join(self.supported_precisions)}; set trainer.precision to one of them")
 
     # ------------------------------------------------------------------ optimizers
     def configure_optimizers(self) -> Any:
@@ -496,10 +506,7 @@ class Learner(pl.LightningModule):
     # ------------------------------------------------------------------ setup, checks, checkpoints
     def setup(self, stage: str) -> None:
         precision = str(self.trainer.precision)
-        if self.supported_precisions is not None and precision not in self.supported_precisions:
-            raise ConfigurationError(
-                f"trainer.precision={precision!r}: {type(self).__name__} supports "
-                f"{', '.join(self.supported_precisions)}; set trainer.precision to one of them")
+        self.check_precision(precision)
         if precision.startswith("bf16") and self.device.type == "cpu" and not cpu_has_fast_bf16():
             rank_zero_warn("precision='bf16-mixed' on a CPU without native bf16 (no AVX512-BF16/AMX): convolutions "
                            "fall back to slow kernels (measured ~10x slower than fp32 for Conv4) and meta-gradients "

@@ -9,9 +9,10 @@ the learner at setup.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Mapping, Sequence, Union
 
 import torch
+from pytorch_lightning.cli import instantiate_class
 
 from lightning_meta.data.root import ItemLoader, ItemStream, TaskDataModule, item_generator
 from lightning_meta.envs.family import TaskFamily
@@ -44,7 +45,8 @@ class EnvTaskDataModule(TaskDataModule):
     """Tasks of a batched family for meta-RL learners (:class:`~lightning_meta.MAMLPolicyGradient`, :class:`~lightning_meta.RL2`).
 
     Args:
-        family: the task family, e.g. ``Navigation2D()`` (a ``{"class_path", "init_args"}`` in a config).
+        family: the task family, e.g. ``Navigation2D()`` (a ``{"class_path", "init_args"}`` in a config or a
+            checkpoint).
         rollouts: trajectories per task and inner step in training and validation (20 in the MAML paper).
         test_rollouts: trajectories per task and inner step at test (40 in the paper); default ``rollouts``.
         episodes_per_trial: episodes of one RL² trial (the hidden state lives across them); 1 for MAML.
@@ -59,10 +61,12 @@ class EnvTaskDataModule(TaskDataModule):
         trainer.fit(MAMLPolicyGradient(), data)
     """
 
-    def __init__(self, family: TaskFamily, rollouts: int = 20, test_rollouts: int | None = None,
+    def __init__(self, family: Union[TaskFamily, Mapping[str, Any]], rollouts: int = 20, test_rollouts: int | None = None,
                  episodes_per_trial: int = 1, meta_batch_size: int = 20, episodes_per_epoch: int = 400,
                  val_episodes: int = 40, test_episodes: int = 40, seed: int = 0):
         super().__init__(seed=seed)
+        if isinstance(family, Mapping) and "class_path" in family:  # as a checkpoint names it (TaskFamily.spec)
+            family = instantiate_class((), dict(family))
         if not isinstance(family, TaskFamily):
             raise ConfigurationError(
                 f"{DATA_ARGS}family={family!r} is not a task family: give one of lightning_meta.envs (e.g."

@@ -26,10 +26,13 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
+from lightning_meta.errors import DATA_ARGS
+
 Task = dict[str, Tensor]
 
-#: the prefix of a family's constructor arguments in error messages (``family.init_args.arms``)
-FAMILY_ARGS = "family.init_args."
+#: the prefix of a family's constructor arguments in error messages, as a config sets them
+#: (``data.init_args.family.init_args.arms``)
+FAMILY_ARGS = DATA_ARGS + "family.init_args."
 
 
 class TaskFamily:
