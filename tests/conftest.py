@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import warnings
 
 import numpy as np
@@ -44,7 +45,12 @@ def _no_shared_wandb_service():
     later test starts as a subprocess inherits that variable and joins the same service, where a resumed run
     id is still "in use" (seen as ``ServerResponseError: run ID ... is in use`` in run-lifecycle tests).
     The test process keeps its connection in memory, so dropping the variable is enough. ``wandb.teardown()``
-    is not: a later in-process run then fails with ``AlreadyJoinedError`` (seen in CI).
+    is not: a later in-process run then fails with ``AlreadyJoinedError`` (seen in CI).  A run a test left
+    open is finished, or the next ``WandbLogger`` in this process would log into it (seen in CI: a later
+    test found the earlier run's empty tags).
     """
     yield
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and wandb.run is not None:
+        wandb.finish()
     os.environ.pop("WANDB_SERVICE", None)
