@@ -27,6 +27,7 @@ TABLES = {
     "Environment steps per second: batched task families vs a gymnasium SyncVectorEnv": ("batched steps/s",
                                                                                          "gymnasium steps/s",
                                                                                          "batched/gymnasium"),
+    "Meta-RL: seconds per meta-iteration, broken down": ("collect s", "curvature s", "line search s", "iteration s"),
 }
 
 
