@@ -3,7 +3,6 @@ and the settings refused before anything runs (one line, the field named)."""
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 from cli_helpers import CONFIGS, cli, last_line, ok, the_run
