@@ -49,6 +49,10 @@ from lightning_meta.models.relation import RelationEmbedding
 DATA = Path(__file__).resolve().parent / "data"
 #: exported classes that are bases to subclass, not learners to train
 BASES = {"Learner", "MetaLearner", "MetricLearner", "SequenceLearner"}
+#: the meta-RL learners: their ``evaluate_tasks`` collects episodes from the data module's task family, so
+#: the batch-only checks below do not apply as written; tests/test_maml_rl.py, test_meta_rl_cli.py,
+#: test_resume.py and test_ddp.py hold them to the same promises (a follow-up brings them in here)
+ENVIRONMENT_LEARNERS = {"MAMLPolicyGradient", "RL2"}
 
 
 def images(**kwargs: Any) -> RandomImages:
@@ -108,7 +112,7 @@ CASES: dict[str, Case] = {
 def test_every_exported_learner_has_a_case():
     exported = {name for name in lightning_meta.__all__
                 if isinstance(getattr(lightning_meta, name), type) and issubclass(getattr(lightning_meta, name), Learner)}
-    assert exported - BASES == {name.split("-")[0] for name in CASES}
+    assert exported - BASES - ENVIRONMENT_LEARNERS == {name.split("-")[0] for name in CASES}
 
 
 # ---------------------------------------------------------------------- batches, whatever their kind
