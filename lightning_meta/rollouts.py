@@ -103,7 +103,8 @@ def collect(family: TaskFamily, task: Task, policy: PolicyAt, n: int, keys: Tens
 
 
 def normalised(values: Tensor, masks: Tensor, eps: float = 1e-8) -> Tensor:
-    """``values [B, n, T]`` standardised per task over its valid steps (``pytorch-maml-rl``'s ``weighted_normalize``)."""
+    """``values [B, n, T]`` standardised per task over its valid steps (``pytorch-maml-rl``'s
+    ``weighted_normalize``)."""
     count = masks.sum((1, 2), keepdim=True).clamp_min(1)
     mean = (values * masks).sum((1, 2), keepdim=True) / count
     variance = ((values - mean).square() * masks).sum((1, 2), keepdim=True) / count

@@ -37,7 +37,8 @@ def tasks_of(data: EnvTaskDataModule, split: str, plan, epoch=None) -> dict[int,
 def test_a_task_and_its_key_are_a_function_of_the_address_only():
     data = EnvTaskDataModule(Point1D(), meta_batch_size=4, episodes_per_epoch=16, seed=3)
     one = tasks_of(data, "train", train_plan(4, 4, 0, 1), epoch=0)
-    halves = tasks_of(data, "train", train_plan(4, 4, 0, 2), epoch=0) | tasks_of(data, "train", train_plan(4, 4, 1, 2), epoch=0)
+    halves = (tasks_of(data, "train", train_plan(4, 4, 0, 2), epoch=0)
+              | tasks_of(data, "train", train_plan(4, 4, 1, 2), epoch=0))
     assert one == halves and sorted(one) == list(range(16))
     assert len({key for _, key in one.values()}) == 16  # every task its own noise
     other_epoch = tasks_of(data, "train", train_plan(4, 4, 0, 1), epoch=1)
@@ -53,7 +54,8 @@ def test_evaluation_sets_are_fixed_and_padded(tmp_path):
     assert [b.index.tolist() for b in batches] == [[0, 1, 2, 3], [4]]
     assert [b.index.tolist() for b in data.val_dataloader()] == [[0, 1, 2, 3], [4, 5]]
     again = list(data.test_dataloader())
-    assert all(torch.equal(a.key, b.key) and torch.equal(a.task["goal"], b.task["goal"]) for a, b in zip(batches, again))
+    assert all(torch.equal(a.key, b.key) and torch.equal(a.task["goal"], b.task["goal"])
+               for a, b in zip(batches, again))
 
 
 def test_the_checkpoint_names_the_family_with_primitives():

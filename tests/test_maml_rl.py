@@ -88,7 +88,8 @@ def test_trpo_curvature_product_equals_the_kl_double_backward(steps):
     kl = model.batch_terms(leaves, support, query)[1]
     assert abs(float(kl.detach())) < 1e-12  # the sampling weights: KL 0, so the product is the exact Hessian
     kl_gradient = torch.autograd.grad(kl, list(leaves.values()), create_graph=True)
-    reference = torch.autograd.grad(sum((g * vector[k]).sum() for g, k in zip(kl_gradient, leaves)), list(leaves.values()))
+    directional = sum((g * vector[k]).sum() for g, k in zip(kl_gradient, leaves))
+    reference = torch.autograd.grad(directional, list(leaves.values()))
     for name, r in zip(leaves, reference):
         torch.testing.assert_close(product[name], r, rtol=1e-9, atol=1e-12)
 
@@ -137,7 +138,8 @@ def test_a_trainer_fits_and_tests_it(outer):
                          enable_model_summary=False, inference_mode=False, callbacks=[Record()])
     trainer.fit(model, data)
     results = trainer.test(model, data, verbose=False)[0]
-    assert {"test/return_before", "test/return_step1", "test/return_step2", "test/return", "test/return_ci95"} <= set(results)
+    assert {"test/return_before", "test/return_step1", "test/return_step2", "test/return",
+            "test/return_ci95"} <= set(results)
     assert results["test/return"] == results["test/return_step2"]
     assert {"train/loss", "train/return_before", "train/return", "train/kl", "train/entropy",
             "train/env_steps_per_s", "train/tasks_per_s"} <= set(logged[-1])

@@ -256,7 +256,8 @@ class MAMLPolicyGradient(Learner):
         before = support[0].returns() if support else query.returns()
         env_steps = sum(s.steps() for s in support) + query.steps()
         elapsed = max(time.perf_counter() - start, 1e-9)
-        self.log_values("train", {"loss": loss.detach(), "return_before": before.mean(), "return": query.returns().mean(),
+        self.log_values("train", {"loss": loss.detach(), "return_before": before.mean(),
+                                  "return": query.returns().mean(),
                                   "kl": kl.detach(), "entropy": entropy.detach(),
                                   "env_steps_per_s": torch.tensor(env_steps / elapsed)}, units=batch.num_tasks)
 

@@ -74,7 +74,8 @@ def collect_trials(policy: nn.Module, family: TaskFamily, task: Task, n: int, ep
             state, observation = family.reset(task, n, env_noise[:, :, row])
             alive = torch.ones(tasks, n, dtype=dtype, device=device)
             for t in range(horizon):
-                x = rl2_input(observation.to(dtype), previous_action, previous_reward, previous_done, family.num_actions)
+                x = rl2_input(observation.to(dtype), previous_action, previous_reward, previous_done,
+                              family.num_actions)
                 distribution, value, new_hidden = policy(x, hidden)
                 u = action_noise[:, :, episode * horizon + t]
                 action = distribution.sample(u[..., 0] if family.discrete else u)

@@ -63,7 +63,8 @@ def check_policy(policy: nn.Module, family: TaskFamily, field: str, recurrent: b
     if family.discrete:
         if not isinstance(distribution, Categorical):
             raise ConfigurationError(f"{field}: {name} gives {type(distribution).__name__} actions, but"
-                                     f" {type(family).__name__} takes {family_actions(family)}: use a categorical policy"
+                                     f" {type(family).__name__} takes {family_actions(family)}: use a categorical"
+                                     " policy"
                                      " (CategoricalMLPPolicy, or GRUPolicy with num_actions)")
         size = distribution.logits.shape[-1]
         wanted = family.num_actions

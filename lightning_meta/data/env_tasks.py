@@ -42,7 +42,8 @@ class EnvTaskStream(ItemStream):
 
 
 class EnvTaskDataModule(TaskDataModule):
-    """Tasks of a batched family for meta-RL learners (:class:`~lightning_meta.MAMLPolicyGradient`, :class:`~lightning_meta.RL2`).
+    """Tasks of a batched family for the meta-RL learners (:class:`~lightning_meta.MAMLPolicyGradient`,
+    :class:`~lightning_meta.RL2`).
 
     Args:
         family: the task family, e.g. ``Navigation2D()`` (a ``{"class_path", "init_args"}`` in a config or a
@@ -61,9 +62,9 @@ class EnvTaskDataModule(TaskDataModule):
         trainer.fit(MAMLPolicyGradient(), data)
     """
 
-    def __init__(self, family: Union[TaskFamily, Mapping[str, Any]], rollouts: int = 20, test_rollouts: int | None = None,
-                 episodes_per_trial: int = 1, meta_batch_size: int = 20, episodes_per_epoch: int = 400,
-                 val_episodes: int = 40, test_episodes: int = 40, seed: int = 0):
+    def __init__(self, family: Union[TaskFamily, Mapping[str, Any]], rollouts: int = 20,
+                 test_rollouts: int | None = None, episodes_per_trial: int = 1, meta_batch_size: int = 20,
+                 episodes_per_epoch: int = 400, val_episodes: int = 40, test_episodes: int = 40, seed: int = 0):
         super().__init__(seed=seed)
         if isinstance(family, Mapping) and "class_path" in family:  # as a checkpoint names it (TaskFamily.spec)
             family = instantiate_class((), dict(family))
