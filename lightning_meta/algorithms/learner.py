@@ -301,21 +301,25 @@ class Learner(pl.LightningModule):
             raise ConfigurationError("trainer.precision='16-mixed' scales gradients that outer_step(all_reduced=True)"
                                      " bypasses: use 32-true, 64-true or bf16-mixed")
         params = dict(self.named_parameters())
-        unknown = sorted(set(grads) - set(params))
-        if unknown:
-            raise KeyError(f"gradients for unknown parameters {unknown}")
+        check_known(params, grads)
         for name, g in grads.items():
             g = g.detach().to(params[name].dtype) / self.accumulate_grad_batches
             param = params[name]
             param.grad = g.clone() if param.grad is None else param.grad + g
 
-    def all_reduce_mean(self, tensor: Tensor) -> Tensor:
-        """The mean of ``tensor`` over the processes (itself with one): for values DDP does not sync, such as
-        gradients from ``torch.autograd.grad`` and the statistics of a line search."""
+    def all_reduce_mean(self, value: Union[Tensor, Mapping[str, Tensor]]) -> Any:
+        """The mean of a tensor, or of a dict of tensors (one collective for all), over the processes (the
+        value itself with one): for values DDP does not sync, such as gradients from ``torch.autograd.grad``
+        and the statistics of a line search."""
         trainer = attached_trainer(self)
         if trainer is None or trainer.world_size == 1:
-            return tensor
-        return trainer.strategy.reduce(tensor, reduce_op="mean")
+            return value
+        if isinstance(value, Tensor):
+            return trainer.strategy.reduce(value, reduce_op="mean")
+        names = list(value)
+        flat = trainer.strategy.reduce(torch.cat([value[n].reshape(-1) for n in names]), reduce_op="mean")
+        return dict(zip(names, (part.view_as(value[n]) for part, n in
+                                zip(flat.split([value[n].numel() for n in names]), names))))
 
     def check_finite(self, losses: Tensor) -> None:
         """Raise ``FloatingPointError`` for a non-finite loss, before any weight changes (fp16: warn only)."""
@@ -577,12 +581,16 @@ def batch_index(batch: Any, device: torch.device) -> Tensor:
     return torch.arange(size, device=device)
 
 
-def surrogate_loss(params: Mapping[str, Tensor], grads: Mapping[str, Tensor]) -> Tensor:
-    """A scalar whose gradient w.r.t. ``params`` is ``grads``: hands a precomputed gradient to
-    ``manual_backward`` so loss scaling and the DDP all-reduce still apply."""
+def check_known(params: Mapping[str, Tensor], grads: Mapping[str, Tensor]) -> None:
     unknown = sorted(set(grads) - set(params))
     if unknown:
         raise KeyError(f"gradients for unknown parameters {unknown}")
+
+
+def surrogate_loss(params: Mapping[str, Tensor], grads: Mapping[str, Tensor]) -> Tensor:
+    """A scalar whose gradient w.r.t. ``params`` is ``grads``: hands a precomputed gradient to
+    ``manual_backward`` so loss scaling and the DDP all-reduce still apply."""
+    check_known(params, grads)
     return sum((params[name] * g.detach().to(params[name].dtype)).sum() for name, g in grads.items())
 
 

@@ -42,7 +42,7 @@ from lightning_meta.models.backbone import build_module
 from lightning_meta.policy_gradient import dice, lvc, masked_mean, ppo_clip
 from lightning_meta.rollouts import Trajectories, collect, policy_at, with_advantages
 from lightning_meta.tasks import EnvTaskBatch
-from lightning_meta.trpo import flat, trpo_step, unflat
+from lightning_meta.trpo import trpo_step
 
 Estimator = Literal["lvc", "dice"]
 Outer = Literal["trpo", "ppo"]
@@ -249,10 +249,9 @@ class MAMLPolicyGradient(Learner):
             for _ in range(self.ppo_epochs):
                 leaves = {name: p.detach().requires_grad_() for name, p in theta.items()}
                 loss, kl, entropy = self.batch_terms(leaves, support, query)
-                grads = torch.autograd.grad(loss, list(leaves.values()))
+                grads = self.all_reduce_mean(dict(zip(leaves, torch.autograd.grad(loss, list(leaves.values())))))
                 self.check_finite(loss.detach())
-                reduced = unflat(self.all_reduce_mean(flat(list(grads))), leaves)
-                self.outer_step(grads={f"policy.{name}": g for name, g in reduced.items()}, all_reduced=True)
+                self.outer_step(grads={f"policy.{name}": g for name, g in grads.items()}, all_reduced=True)
         before = support[0].returns() if support else query.returns()
         env_steps = sum(s.steps() for s in support) + query.steps()
         elapsed = max(time.perf_counter() - start, 1e-9)

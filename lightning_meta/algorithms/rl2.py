@@ -32,8 +32,8 @@ from lightning_meta.errors import MODEL_ARGS, ConfigurationError, require_positi
 from lightning_meta.models.backbone import build_module
 from lightning_meta.models.policies import rl2_input, unroll
 from lightning_meta.policy_gradient import gae, masked_mean, ppo_clip
+from lightning_meta.rollouts import normalised
 from lightning_meta.tasks import EnvTaskBatch
-from lightning_meta.trpo import flat, unflat
 
 
 class Trials(NamedTuple):
@@ -182,10 +182,7 @@ class RL2(Learner):
         trials = self.trials(batch, n, phase=0)
         advantages = gae(trials.rewards, trials.values, trials.masks, self.gamma, self.gae_lambda)
         returns = advantages + trials.values * trials.masks
-        count = trials.masks.sum((1, 2), keepdim=True).clamp_min(1)
-        mean = (advantages * trials.masks).sum((1, 2), keepdim=True) / count
-        std = (((advantages - mean).square() * trials.masks).sum((1, 2), keepdim=True) / count).sqrt()
-        advantages = (advantages - mean) / (std + 1e-8) * trials.masks
+        advantages = normalised(advantages, trials.masks)
         size = n // self.ppo_minibatches
         logged: dict[str, Tensor] = {}
         for epoch in range(self.ppo_epochs):
@@ -198,8 +195,8 @@ class RL2(Learner):
                                                leaves)
                 self.check_finite(losses["loss"].detach())
                 grads = torch.autograd.grad(losses["loss"], list(leaves.values()), allow_unused=True)
-                grads = [g if g is not None else torch.zeros_like(p) for g, p in zip(grads, leaves.values())]
-                reduced = unflat(self.all_reduce_mean(flat(grads)), leaves)
+                grads = {n: g if g is not None else torch.zeros_like(p) for (n, p), g in zip(leaves.items(), grads)}
+                reduced = self.all_reduce_mean(grads)
                 self.outer_step(grads={f"policy.{name}": g for name, g in reduced.items()}, all_reduced=True)
                 logged = {k: v.detach() for k, v in losses.items()}
         logged["return"] = trials.episode_returns(self.data.family.horizon).sum(-1).mean()

@@ -72,6 +72,11 @@ class HalfCheetahDir(GymnasiumTasks):
         return direction * info["x_velocity"] - CHEETAH_CONTROL_COST * action.square().sum(-1)
 
 
+def ant_survival_and_costs(action: Tensor, info: dict[str, Tensor]) -> Tensor:
+    """The Ant rewards' task-free part: survival bonus, control cost and gymnasium's (negative) contact reward."""
+    return ANT_SURVIVE_REWARD - ANT_CONTROL_COST * action.square().sum(-1) + info["reward_contact"]
+
+
 class AntVel(GymnasiumTasks):
     """Ant walking at a goal velocity drawn from U[0, 3]: reward ``-|v_x - goal| + 1 + 0.05 - 0.005 ||a||^2
     - contact cost``.
@@ -95,7 +100,7 @@ class AntVel(GymnasiumTasks):
     def task_reward(self, task: Task, action: Tensor, reward: Tensor, info: dict[str, Tensor]) -> Tensor:
         goal = task["task"][:, None]
         forward = -(info["x_velocity"] - goal).abs() + 1.0  # MAML: "make it happy, not suicidal"
-        return forward + ANT_SURVIVE_REWARD - ANT_CONTROL_COST * action.square().sum(-1) + info["reward_contact"]
+        return forward + ant_survival_and_costs(action, info)
 
 
 class AntDir(GymnasiumTasks):
@@ -117,5 +122,4 @@ class AntDir(GymnasiumTasks):
 
     def task_reward(self, task: Task, action: Tensor, reward: Tensor, info: dict[str, Tensor]) -> Tensor:
         direction = task["task"][:, None]
-        forward = direction * info["x_velocity"]
-        return forward + ANT_SURVIVE_REWARD - ANT_CONTROL_COST * action.square().sum(-1) + info["reward_contact"]
+        return direction * info["x_velocity"] + ant_survival_and_costs(action, info)
