@@ -1,11 +1,12 @@
 """The meta-RL configs through ``python -m lightning_meta`` as typed: fit then test, a checkpoint tested again,
-and the settings refused before anything runs (one line, the field named)."""
+2 DDP processes and ``--ckpt_path last`` against one uninterrupted run, and the settings refused before
+anything runs (one line, the field named)."""
 
 from __future__ import annotations
 
-
 import pytest
-from cli_helpers import CONFIGS, cli, last_line, ok, the_run
+import torch
+from cli_helpers import CONFIGS, cli, last_line, ok, the_run, weights
 
 from lightning_meta.cli import main
 
@@ -81,3 +82,22 @@ def test_predict_is_refused_in_one_line(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     line = refused(["predict", "--config", str(CONFIGS / "rl2_bandits_k5_n10.yaml"), *COMMON], capsys)
     assert "RL2 does not predict" in line, line
+
+
+def test_two_processes_and_a_resumed_run_equal_one_uninterrupted_run(tmp_path):
+    """RL² as a user runs it: ``--trainer.devices 2 --trainer.strategy ddp`` ends with its test and the weights
+    of one process; a run stopped after its first batch and resumed with ``--ckpt_path last`` ends with them too
+    (8 optimizer steps per batch: 4 PPO epochs x 2 minibatches)."""
+    args = ["--config", str(CONFIGS / "rl2_bandits_k5_n10.yaml"), *COMMON, *TINY["rl2_bandits_k5_n10"]]
+    ok(cli("fit", *args, "--trainer.logger.init_args.save_dir", "one", cwd=tmp_path))
+    ok(cli("fit", *args, "--trainer.devices", "2", "--trainer.strategy", "ddp",
+           "--trainer.logger.init_args.save_dir", "two", cwd=tmp_path, timeout=600))
+    ok(cli("fit", *args, "--trainer.max_steps", "8", "--trainer.logger.init_args.save_dir", "three", cwd=tmp_path))
+    ok(cli("fit", *args, "--ckpt_path", "last", "--trainer.logger.init_args.save_dir", "three", cwd=tmp_path))
+    one = the_run(tmp_path / "one")
+    expected = weights(one / "checkpoints" / "last.ckpt")
+    for other in (the_run(tmp_path / "two"), the_run(tmp_path / "three")):
+        assert (other / "test_episodes.csv").exists(), sorted(p.name for p in other.iterdir())
+        got = weights(other / "checkpoints" / "last.ckpt")
+        for name, value in expected.items():
+            torch.testing.assert_close(got[name], value, rtol=1e-5, atol=1e-6, msg=f"{other}: {name}")
