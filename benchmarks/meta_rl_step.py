@@ -2,7 +2,7 @@
 
 * MAML-TRPO and MAML-PPO on 2D navigation, 20 tasks x 20 episodes of 100 steps, policy 2-100-100-2:
   collecting (both inner steps' episodes), the meta-gradient, the curvature products of TRPO's
-  conjugate gradient (``cg_iters + 1`` of them), the line search, and the whole iteration as the
+  conjugate gradient (``cg_iters`` of them), the line search, and the whole iteration as the
   training step runs it; PPO's 5 epochs;
 * RL² on k=5 bandits with n=100 pulls, 64 tasks x 8 trials: collecting and the PPO epochs.
 
@@ -65,7 +65,7 @@ def maml_row(outer: str, tasks: int, rollouts: int, horizon: int, hidden: int, r
 
     def curvature() -> None:
         product = model.kl_hvp(theta, support, query)
-        for _ in range(model.cg_iters + 1):
+        for _ in range(model.cg_iters):
             product(vector)
 
     def line_search_point() -> None:

@@ -75,11 +75,11 @@ def test_first_order_drops_the_second_order_term():
     assert any((exact[n] - first[n]).abs().max() > 1e-6 for n in exact)
 
 
-@pytest.mark.parametrize("steps", [0, 1, 2])
-def test_trpo_curvature_product_equals_the_kl_double_backward(steps):
+@pytest.mark.parametrize("steps,first_order", [(0, False), (1, False), (2, False), (2, True)])
+def test_trpo_curvature_product_equals_the_kl_double_backward(steps, first_order):
     """The J^T F J v product equals the Hessian-vector product of the mean post-adaptation KL by double
     backward through the inner steps, at the sampling weights."""
-    model = small_model(inner_lr=0.3, inner_steps=steps)
+    model = small_model(inner_lr=0.3, inner_steps=steps, first_order=first_order)
     support, query = explored(model, steps)
     theta = {k: v.detach().clone() for k, v in model.policy.named_parameters()}
     vector = {k: torch.randn_like(v, generator=torch.Generator().manual_seed(2)) for k, v in theta.items()}

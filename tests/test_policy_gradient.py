@@ -24,7 +24,7 @@ from lightning_meta.linear_baseline import LinearFeatureBaseline
 from lightning_meta.models.policies import CategoricalMLPPolicy
 from lightning_meta.policy_gradient import (dice, discounted_returns, gae, lvc, masked_mean, ppo_clip,
                                             reinforce)
-from lightning_meta.trpo import conjugate_gradient, trpo_step
+from lightning_meta.trpo import conjugate_gradient, solve_with_product, trpo_step
 
 DTYPE = torch.float64
 GAMMA = 0.9
@@ -266,6 +266,10 @@ def test_conjugate_gradient_solves_a_spd_system():
     torch.testing.assert_close(conjugate_gradient(lambda v: a @ v, b, iters=20), torch.linalg.solve(a, b))
     damped = conjugate_gradient(lambda v: a @ v, b, iters=20, damping=0.5)
     torch.testing.assert_close(damped, torch.linalg.solve(a + 0.5 * torch.eye(6, dtype=DTYPE), b))
+    # stopped early, the solution is not exact, but its product (TRPO's step size) still is
+    x, product = solve_with_product(lambda v: a @ v, b, iters=3, damping=0.5)
+    assert (a @ x + 0.5 * x - b).abs().max() > 1e-3
+    torch.testing.assert_close(product, a @ x + 0.5 * x, rtol=1e-10, atol=1e-12)
 
 
 def trpo_problem(advantage_scale: float = 1.0):

@@ -35,7 +35,7 @@ from lightning_meta.algorithms.learner import Learner
 from lightning_meta.algorithms.rl_checks import check_env_data, check_policy, require_discount
 from lightning_meta.envs.family import TaskFamily
 from lightning_meta.errors import MODEL_ARGS, ConfigurationError, optional_positive, require_choice, require_positive
-from lightning_meta.inner_loop import Graph, Params, adapt, detached
+from lightning_meta.inner_loop import Graph, Params, adapt, detached, inner_gradients
 from lightning_meta.inner_updates import SGD
 from lightning_meta.linear_baseline import LinearFeatureBaseline
 from lightning_meta.models.backbone import build_module
@@ -282,34 +282,60 @@ class MAMLPolicyGradient(Learner):
         Hessian at them.
 
         Exact at ``theta``: the KL's gradient at the adapted weights is 0 (the new policy is the sampling
-        one), so the chain rule's second term vanishes.  The graphs of the adaptation and of the KL's
-        gradient are built once per TRPO step and reused by every product; no third derivative is taken
-        (the KL's double backward through the inner step takes one).
+        one), so the chain rule's second term vanishes.  The inner steps are SGD,
+        ``theta_{k+1} = theta_k - a_k grad L_k(theta_k)``, so ``J = (I - a_{K-1} H_{K-1}) ... (I - a_0 H_0)``
+        with ``H_k`` the symmetric Hessian of step ``k``'s support loss at ``theta_k``: ``J v`` and ``J^T u``
+        are inner-loss Hessian-vector products, double backward through each step's own gradient graph
+        (built once per TRPO step).  Half the matrix products of differentiating the whole adaptation twice
+        (``benchmarks/meta_rl_step.py``); first-order MAML has ``J = I``.
         """
-        with torch.enable_grad():
-            leaves = {name: p.detach().requires_grad_() for name, p in theta.items()}
-            adapted = self.batch_adapt(leaves, support, self.step_sizes(True), self.outer_graph, query.masks.shape[0])
-            names = list(adapted)
-            # J^T u, kept differentiable in the dummy cotangent u: its derivative in u is J v
-            dummies = [torch.zeros_like(adapted[n], requires_grad=True) for n in names]
-            transposed = torch.autograd.grad([adapted[n] for n in names], list(leaves.values()), dummies,
-                                             create_graph=True, allow_unused=True)
-            transposed = [t if t is not None else torch.zeros_like(leaves[n]) for t, n in zip(transposed, leaves)]
-            at = {n: adapted[n].detach().requires_grad_() for n in names}
-            kl = self.per_task_terms(at, query)[:, 1].sum()
-            kl_gradient = torch.autograd.grad(kl, list(at.values()), create_graph=True)
         tasks = query.masks.shape[0]
+        second_order = not self.first_order
+        hessians: list[tuple[float, Params, Params]] = []
+        params = {name: p.detach().expand(tasks, *p.shape) for name, p in theta.items()}
+        with torch.enable_grad():
+            for step_size, trajectories in zip(self.step_sizes(True), support):
+                leaves = {name: p.detach().requires_grad_(second_order) for name, p in params.items()}
+                grads = self.support_gradients(leaves, trajectories, "second_order" if second_order else "none")
+                hessians.append((step_size, leaves, grads))
+                params = {name: leaves[name].detach() - step_size * grads[name].detach() for name in params}
+            adapted = {name: p.detach().requires_grad_() for name, p in params.items()}
+            kl = self.per_task_terms(adapted, query)[:, 1].sum()
+            kl_gradient = torch.autograd.grad(kl, list(adapted.values()), create_graph=True)
+
+        def hessian_product(outputs: Params, leaves: Params, vector: Params) -> Params:
+            return dict(zip(leaves, torch.autograd.grad(list(outputs.values()), list(leaves.values()),
+                                                        list(vector.values()), retain_graph=True,
+                                                        materialize_grads=True)))
+
+        def through_step(step: tuple[float, Params, Params], vector: Params) -> Params:
+            step_size, leaves, grads = step
+            if not second_order:
+                return vector
+            curvature = hessian_product(grads, leaves, vector)
+            return {name: vector[name] - step_size * curvature[name] for name in vector}
 
         def product(vector: Params) -> Params:
-            jacobian_vector = torch.autograd.grad(transposed, dummies, [vector[n] for n in leaves], retain_graph=True,
-                                                  allow_unused=True)
-            jacobian_vector = [j if j is not None else torch.zeros_like(d) for j, d in zip(jacobian_vector, dummies)]
-            fisher_vector = torch.autograd.grad(kl_gradient, list(at.values()), jacobian_vector, retain_graph=True)
-            result = torch.autograd.grad([adapted[n] for n in names], list(leaves.values()), fisher_vector,
-                                         retain_graph=True, allow_unused=True)
-            return {n: (r if r is not None else torch.zeros_like(leaves[n])) / tasks for n, r in zip(leaves, result)}
+            moved = {name: vector[name].expand(tasks, *vector[name].shape) for name in theta}
+            for step in hessians:
+                moved = through_step(step, moved)
+            moved = hessian_product(dict(zip(adapted, kl_gradient)), adapted, moved)
+            for step in reversed(hessians):
+                moved = through_step(step, moved)
+            return {name: m.sum(0) / tasks for name, m in moved.items()}
 
         return product
+
+    def support_gradients(self, params: Params, trajectories: Trajectories, graph: Graph) -> Params:
+        """Each task's gradient of its inner loss on ``trajectories`` at its own ``params`` (``[B, ...]``)."""
+        def task_gradient(task_params: Params, task_trajectories: Trajectories) -> Params:
+            return inner_gradients(lambda p: self.inner_loss(p, task_trajectories), task_params, graph)[0]
+
+        if self.batching == "vmap":
+            return vmap(task_gradient)(params, trajectories)
+        per_task = [task_gradient({k: v[b] for k, v in params.items()}, pick(trajectories, b))
+                    for b in range(trajectories.masks.shape[0])]
+        return {name: torch.stack([g[name] for g in per_task]) for name in params}
 
     # ------------------------------------------------------------------ evaluation
     def evaluate_tasks(self, batch: EnvTaskBatch) -> dict[str, Tensor]:
