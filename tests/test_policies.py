@@ -89,6 +89,7 @@ def assert_trees_close(a, b):
 
 
 @pytest.mark.parametrize("make", [lambda: GaussianMLPPolicy(3, 2, hidden_sizes=(8, 8)),
+                                  lambda: GaussianMLPPolicy(3, 2, hidden_sizes=(8, 8), activation="relu"),
                                   lambda: CategoricalMLPPolicy(3, 4, hidden_sizes=(8,))])
 def test_mlp_policies_vmap_over_task_weights_equals_a_loop(make):
     torch.manual_seed(0)
@@ -166,6 +167,20 @@ def test_bad_arguments_name_the_argument():
         GRUPolicy(3, num_actions=2, action_size=2)
     with pytest.raises(ConfigurationError, match="min_std"):
         GaussianMLPPolicy(3, 2, min_std=0.0)
+    with pytest.raises(ConfigurationError, match="activation='sigmoid'"):
+        CategoricalMLPPolicy(3, 2, activation="sigmoid")
+
+
+def test_the_activation_sets_the_hidden_nonlinearity():
+    torch.manual_seed(0)
+    observations = torch.randn(6, 2)
+    relu = GaussianMLPPolicy(2, 2, hidden_sizes=(4,), activation="relu")
+    pre = relu.features[0](observations)
+    assert (pre < 0).any()
+    torch.testing.assert_close(relu(observations).mean, relu.head(pre.clamp_min(0)))
+    tanh = CategoricalMLPPolicy(2, 3, hidden_sizes=(4,))
+    logits = tanh.head(torch.tanh(tanh.features[0](observations)))
+    torch.testing.assert_close(tanh(observations).logits, torch.log_softmax(logits, -1))
 
 
 def test_gaussian_policy_log_std_floor_and_init():

@@ -18,22 +18,32 @@ Example::
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence, Union
+from typing import Callable, Literal, Sequence, Union
 
 import torch
 from torch import Tensor, nn
 
-from lightning_meta.errors import ConfigurationError, require_positive
+from lightning_meta.errors import ConfigurationError, require_choice, require_positive
 from lightning_meta.models.backbone import Backbone
 from lightning_meta.models.distributions import Categorical, DiagonalGaussian
 
 
-def tanh_mlp(input_size: int, hidden_sizes: Sequence[int]) -> nn.Sequential:
-    """``Linear -> tanh`` layers of widths ``hidden_sizes`` (an empty stack is the identity)."""
+Activation = Literal["tanh", "relu"]
+ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU}
+
+
+def hidden_mlp(input_size: int, hidden_sizes: Sequence[int], activation: Activation = "tanh") -> nn.Sequential:
+    """``Linear -> activation`` layers of widths ``hidden_sizes`` (an empty stack is the identity).
+
+    ``tanh`` is the MAML-RL authors' code (``cbfinn/maml_rl``, rllab's default) and ``pytorch-maml-rl``'s;
+    ``relu`` is what the MAML paper's text states (Sec. 5.3), and its second derivative is zero, which
+    makes MAML-TRPO's curvature products cheaper (``benchmarks/meta_rl_step.py``).
+    """
+    require_choice("activation", activation, Activation)
     layers: list[nn.Module] = []
     width = input_size
     for size in hidden_sizes:
-        layers += [nn.Linear(width, size), nn.Tanh()]
+        layers += [nn.Linear(width, size), ACTIVATIONS[activation]()]
         width = size
     return nn.Sequential(*layers)
 
@@ -54,7 +64,7 @@ def check_sizes(hidden_sizes: Sequence[int], **sizes: int) -> None:
 
 
 class GaussianMLPPolicy(Backbone):
-    """A Gaussian policy for continuous actions: a tanh MLP gives the mean, a learned state-independent
+    """A Gaussian policy for continuous actions: an MLP (tanh or ReLU hidden layers) gives the mean, a learned state-independent
     ``log_std`` (one per action dimension, floored at ``log(min_std)``) the spread.
 
     The policy of MAML's locomotion and 2D-navigation experiments (Finn et al. 2017: two hidden layers
@@ -69,12 +79,12 @@ class GaussianMLPPolicy(Backbone):
     """
 
     def __init__(self, observation_size: int, action_size: int, hidden_sizes: Sequence[int] = (100, 100),
-                 init_std: float = 1.0, min_std: float = 1e-6):
+                 init_std: float = 1.0, min_std: float = 1e-6, activation: Activation = "tanh"):
         super().__init__()
         check_sizes(hidden_sizes, observation_size=observation_size, action_size=action_size)
         require_positive("init_std", init_std, integer=False)
         require_positive("min_std", min_std, integer=False)
-        self.features = tanh_mlp(observation_size, hidden_sizes)
+        self.features = hidden_mlp(observation_size, hidden_sizes, activation)
         self.head = nn.Linear(hidden_sizes[-1] if hidden_sizes else observation_size, action_size)
         init_linear_layers(self)
         self.log_std = nn.Parameter(torch.full((action_size,), math.log(init_std)))
@@ -88,7 +98,7 @@ class GaussianMLPPolicy(Backbone):
 
 
 class CategoricalMLPPolicy(Backbone):
-    """A softmax policy over ``num_actions`` discrete actions on a tanh MLP.
+    """A softmax policy over ``num_actions`` discrete actions on an MLP (tanh or ReLU hidden layers).
 
     Example::
 
@@ -96,10 +106,11 @@ class CategoricalMLPPolicy(Backbone):
         policy(torch.zeros(20, 4)).sample(torch.rand(20))    # long [20]
     """
 
-    def __init__(self, observation_size: int, num_actions: int, hidden_sizes: Sequence[int] = (100, 100)):
+    def __init__(self, observation_size: int, num_actions: int, hidden_sizes: Sequence[int] = (100, 100),
+                 activation: Activation = "tanh"):
         super().__init__()
         check_sizes(hidden_sizes, observation_size=observation_size, num_actions=num_actions)
-        self.features = tanh_mlp(observation_size, hidden_sizes)
+        self.features = hidden_mlp(observation_size, hidden_sizes, activation)
         self.head = nn.Linear(hidden_sizes[-1] if hidden_sizes else observation_size, num_actions)
         init_linear_layers(self)
 
