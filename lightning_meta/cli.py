@@ -48,6 +48,7 @@ from lightning_meta.callbacks import (
     EpisodeResultsCSV,
     EpisodeTable,
     RegressionPlot,
+    TrajectoryPlot,
 )
 from lightning_meta.callbacks.graceful_stop import GracefulStop
 from lightning_meta.callbacks.metrics_csv import MetricsCSV
@@ -120,8 +121,9 @@ def with_config_paths(args: list[str]) -> list[str]:
 
 def visual_callbacks() -> list[pl.Callback]:
     """What ``--visuals true`` (the default) adds: adaptation curve, episode gallery, regression plot,
-    the test episodes' W&B table (each skips the learners and data it does not apply to)."""
-    return [AdaptationCurve(), EpisodeGallery(), RegressionPlot(), EpisodeTable()]
+    the test episodes' W&B table, 2D navigation trajectories (each skips the learners and data it does not
+    apply to)."""
+    return [AdaptationCurve(), EpisodeGallery(), RegressionPlot(), EpisodeTable(), TrajectoryPlot()]
 
 
 # ---------------------------------------------------------------------- loggers of the config

@@ -348,6 +348,19 @@ class MAMLPolicyGradient(Learner):
         values["return"] = returns[-1]
         return values
 
+    def adaptation_curve_names(self) -> tuple[str, dict[int, str]]:
+        """The points of :class:`~lightning_meta.callbacks.AdaptationCurve`: the mean return before (0) and after
+        each test inner step ``k``, as :meth:`evaluate_tasks` reports them."""
+        return "inner step", {0: "return_before", **{k: f"return_step{k}" for k in range(1, self.test_inner_steps + 1)}}
+
+    def adaptation_episodes(self, batch: EnvTaskBatch, stage: str) -> tuple[Tensor, Tensor]:
+        """Observations ``[2, B, n, T, obs]`` and masks ``[2, B, n, T]`` of each task's episodes before (row 0)
+        and after (row 1) the test inner steps: the rollouts :meth:`evaluate_tasks` collects in ``stage``
+        (:class:`~lightning_meta.callbacks.TrajectoryPlot` draws them)."""
+        support, query = self.explore(self.data.family, batch, self.data.rollouts_for(stage), self.step_sizes(False))
+        before = support[0] if support else query
+        return torch.stack([before.observations, query.observations]), torch.stack([before.masks, query.masks])
+
 
 def pick(trajectories: Trajectories, b: int) -> Trajectories:
     """Task ``b``'s episodes (dim 0 of every tensor, in the old distribution too)."""

@@ -211,6 +211,21 @@ class RL2(Learner):
         values.update({f"return_ep{k}": episodes[:, k - 1] for k in self.report_episodes if k <= episodes.shape[1]})
         return values
 
+    def adaptation_curve_names(self) -> tuple[str, dict[int, str]]:
+        """The points of :class:`~lightning_meta.callbacks.AdaptationCurve`: the mean return of episode ``k`` of
+        the trial for ``k`` in ``report_episodes``, as :meth:`evaluate_tasks` reports them."""
+        return "episode of the trial", {k: f"return_ep{k}" for k in self.report_episodes}
+
+    def adaptation_episodes(self, batch: EnvTaskBatch, stage: str) -> tuple[Tensor, Tensor]:
+        """Observations ``[2, B, n, T, obs]`` and masks ``[2, B, n, T]`` of the first (row 0) and last (row 1)
+        episode of each trial :meth:`evaluate_tasks` collects in ``stage``: before and after the hidden state
+        adapted (:class:`~lightning_meta.callbacks.TrajectoryPlot` draws them)."""
+        family = self.data.family
+        trials = self.trials(batch, self.data.rollouts_for(stage), phase=0)
+        observations = trials.inputs[..., :family.observation_size].unflatten(2, (-1, family.horizon))
+        masks = trials.masks.unflatten(2, (-1, family.horizon))
+        return observations[:, :, [0, -1]].movedim(2, 0), masks[:, :, [0, -1]].movedim(2, 0)
+
 
 def gather_trials(x: Tensor, chosen: Tensor) -> Tensor:
     """The trials ``chosen [B, m]`` of each task from ``x [B, n, ...]``."""

@@ -1,16 +1,28 @@
-"""Adaptation curves: accuracy (or MSE) on fixed episodes after 0, 1, ..., k inner steps.
+"""Adaptation curves: accuracy (or MSE) on fixed episodes after 0, 1, ..., k inner steps; for the meta-RL
+learners, the mean return before and after each inner step (RL²: per episode of the trial).
 
 How much a gradient-based learner gains per inner step is the first thing to look at when MAML
 trains badly (no gain: the inner learning rate; a gain that reverses: too many steps).  The
-callback asks the learner for its query predictions after every step,
-``adaptation_predictions(support_x, support_y, query_x, steps)`` (MAML, first-order MAML, MAML++,
-Meta-SGD and ANIL have it, see :meth:`lightning_meta.MAML.adaptation_predictions`), and skips
-learners without it (metric learners have no inner steps).
+callback gets a curve from the learner in one of two ways:
+
+* supervised learners: their query predictions after every step,
+  ``adaptation_predictions(support_x, support_y, query_x, steps)`` (MAML, first-order MAML, MAML++,
+  Meta-SGD and ANIL have it, see :meth:`lightning_meta.MAML.adaptation_predictions`), on a few fixed
+  episodes evaluated on the side;
+* learners whose own evaluation already measures every point of the curve (the meta-RL learners,
+  where an extra evaluation would mean more rollouts): ``adaptation_curve_names()`` returns the x
+  axis's name and ``{x: name}``, names of values that the learner's ``evaluate_tasks`` reports per
+  task; the curve is their logged ``{stage}/{name}`` and ``{stage}/{name}_ci95`` (mean and 95% CI over
+  all the stage's tasks), read after the learner logged them, so it equals the metrics.  See
+  :meth:`lightning_meta.MAMLPolicyGradient.adaptation_curve_names`.
+
+Learners with neither are skipped (metric learners have no inner steps).
 """
 
 from __future__ import annotations
 
 import csv
+import math
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -25,23 +37,33 @@ from lightning_meta.metrics import episode_scores, mean_and_ci95
 from lightning_meta.tasks import TaskBatch
 
 COLUMNS = ("stage", "epoch", "global_step", "inner_step", "metric", "value", "ci95", "episodes")
+#: how the charts name a metric (others by their own name, e.g. ``return``)
+LABELS = {"acc": "accuracy", "mse": "MSE"}
 
 
 @dataclass
 class Curve:
-    """One evaluation's curve: ``values[j]`` (mean over episodes) and ``ci95[j]`` after ``j`` inner steps."""
+    """One evaluation's curve: ``values[j]`` (mean over ``episodes`` episodes or tasks) and ``ci95[j]`` at
+    ``steps[j]`` on the ``axis`` (inner steps; for RL², episodes of the trial)."""
 
     stage: str
     epoch: int
     global_step: int
     metric: str
+    steps: list[int]
     values: list[float]
     ci95: list[float]
     episodes: int
+    axis: str = "inner step"
+    over: str = "fixed episodes"
 
     @property
     def name(self) -> str:
         return f"epoch {self.epoch}" if self.stage == "val" else f"test (epoch {self.epoch})"
+
+    @property
+    def label(self) -> str:
+        return LABELS.get(self.metric, self.metric)
 
 
 class AdaptationCurve(FixedEpisodeCallback):
@@ -65,6 +87,12 @@ class AdaptationCurve(FixedEpisodeCallback):
     To W&B (each ``WandbLogger`` of the Trainer): ``{stage}/adaptation_curve``, a
     ``wandb.plot.line_series`` of the same curves.
 
+    Learners with ``adaptation_curve_names()`` (:class:`~lightning_meta.MAMLPolicyGradient`,
+    :class:`~lightning_meta.RL2`) are drawn from their logged evaluation values instead, over all the
+    stage's tasks, after the learner logged them (``episodes`` and ``steps`` do not apply): metric
+    ``return``; ``inner_step`` is the inner step (MAML: ``return_before`` at 0, ``return_step{k}`` at
+    ``k``) or the episode of the trial (RL²: ``return_ep{k}`` at ``k``).
+
     Args:
         episodes: fixed episodes evaluated (bounds the cost: ``episodes x (steps + 1)`` query passes).
         steps: inner steps drawn (default: the learner's ``test_inner_steps``).
@@ -79,6 +107,9 @@ class AdaptationCurve(FixedEpisodeCallback):
                              inference_mode=False)
         trainer.fit(MAML(Conv4(1, 5), inner_steps=1, test_inner_steps=5), OmniglotDataModule("data"))
         # runs/.../adaptation_curve.csv, adaptation_curve.png; W&B: val/adaptation_curve
+
+        trainer.fit(MAMLPolicyGradient(GaussianMLPPolicy(2, 2)), EnvTaskDataModule(Navigation2D()))
+        # the curve of val/return_before, val/return_step1 (W&B: val/adaptation_curve)
     """
 
     def __init__(self, episodes: int = 16, steps: Optional[int] = None, stages: Sequence[str] = STAGES,
@@ -124,14 +155,60 @@ class AdaptationCurve(FixedEpisodeCallback):
             return
         steps = self.steps if self.steps is not None else int(getattr(pl_module, "test_inner_steps"))
         metric, means, cis = self.evaluate(pl_module, batch, steps)
-        curve = Curve(stage, trainer.current_epoch, trainer.global_step, metric, means, cis, batch.num_tasks)
+        self.add(trainer, Curve(stage, trainer.current_epoch, trainer.global_step, metric, list(range(len(means))),
+                                means, cis, batch.num_tasks))
+
+    # ------------------------------------------------------------------ curves the learner reports
+    @staticmethod
+    def reports_curve(pl_module: pl.LightningModule) -> bool:
+        """Whether ``pl_module`` names its curve's evaluation values (``adaptation_curve_names()``)."""
+        return callable(getattr(pl_module, "adaptation_curve_names", None))
+
+    def reported_curve(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> Curve | None:
+        """The curve of the values the learner names, as logged for ``stage`` (those logged; ``None``: none).
+        Every rank calls it: the task count is gathered over the processes."""
+        axis, names = pl_module.adaptation_curve_names()
+        metrics = trainer.callback_metrics
+        points = [(x, names[x]) for x in sorted(names) if f"{stage}/{names[x]}" in metrics]
+        if not points:
+            return None
+        values = [float(metrics[f"{stage}/{name}"]) for _, name in points]
+        cis = [float(metrics.get(f"{stage}/{name}_ci95", math.nan)) for _, name in points]
+        return Curve(stage, trainer.current_epoch, trainer.global_step, pl_module.selection_metric,
+                     [x for x, _ in points], values, cis, pl_module.results[stage].count(), axis, "tasks")
+
+    def draw_reported(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """After the learner logged ``stage``'s values (``on_validation_end``/``on_test_end``): add its curve."""
+        if stage not in self.stages or not self.reports_curve(pl_module):
+            return
+        curve = self.reported_curve(trainer, pl_module, stage)
+        if curve is not None and trainer.is_global_zero:
+            self.add(trainer, curve)
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self.reports_curve(pl_module):
+            super().on_validation_epoch_end(trainer, pl_module)
+
+    def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self.reports_curve(pl_module):
+            super().on_test_epoch_end(trainer, pl_module)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking and (trainer.current_epoch + 1) % self.every_n_epochs == 0:
+            self.draw_reported(trainer, pl_module, "val")
+
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.draw_reported(trainer, pl_module, "test")
+
+    # ------------------------------------------------------------------ outputs
+    def add(self, trainer: pl.Trainer, curve: Curve) -> None:
+        """Keep ``curve``, append it to the CSV, redraw the PNG and log the stage's chart to W&B."""
         self.curves.append(curve)
         folder = output_dir(trainer)
         self.append_csv(folder / f"{self.filename}.csv", curve)
         save_png(self.draw(), folder / f"{self.filename}.png")
-        self.log_wandb(trainer, stage)
+        self.log_wandb(trainer, curve.stage)
 
-    # ------------------------------------------------------------------ outputs
     @staticmethod
     def append_csv(path, curve: Curve) -> None:
         """Append ``curve``'s rows to the CSV at ``path`` (header first when the file is new or empty)."""
@@ -141,7 +218,7 @@ class AdaptationCurve(FixedEpisodeCallback):
             writer = csv.writer(handle)
             if new:
                 writer.writerow(COLUMNS)
-            for step, (value, ci) in enumerate(zip(curve.values, curve.ci95)):
+            for step, value, ci in zip(curve.steps, curve.values, curve.ci95):
                 writer.writerow([curve.stage, curve.epoch, curve.global_step, step, curve.metric, repr(value),
                                  repr(ci), curve.episodes])
 
@@ -160,16 +237,15 @@ class AdaptationCurve(FixedEpisodeCallback):
         for i, curve in enumerate(val):
             newest = i == len(val) - 1
             shade = BLUE if newest else blend(BLUE, amount=0.7 * (len(val) - 1 - i) / max(len(val) - 1, 1))
-            series.append(Series(list(range(len(curve.values))), curve.values, curve.name, shade,
+            series.append(Series(curve.steps, curve.values, curve.name, shade,
                                  band=curve.ci95 if newest else None, markers=newest, width=3 if newest else 2))
         for curve in curves:
             if curve.stage == "test":
-                series.append(Series(list(range(len(curve.values))), curve.values, curve.name, ORANGE,
+                series.append(Series(curve.steps, curve.values, curve.name, ORANGE,
                                      band=curve.ci95, markers=True, width=3))
         last = curves[-1]
-        label = "accuracy" if last.metric == "acc" else "MSE"
-        title = f"{label} on {last.episodes} fixed episodes after k inner steps (95% CI)"
-        return line_chart(series, title=title, x_label="inner step", y_label=label, integer_x=True)
+        title = f"{last.label} on {last.episodes} {last.over} by {last.axis} (95% CI)"
+        return line_chart(series, title=title, x_label=last.axis, y_label=last.label, integer_x=True)
 
     def log_wandb(self, trainer: pl.Trainer, stage: str) -> None:
         loggers = wandb_loggers(trainer)
@@ -178,9 +254,9 @@ class AdaptationCurve(FixedEpisodeCallback):
         import wandb
 
         curves = self.shown(stage)
+        last = curves[-1]
         chart = wandb.plot.line_series(
-            xs=[list(range(len(c.values))) for c in curves], ys=[c.values for c in curves],
-            keys=[c.name for c in curves], title=f"{stage}: {'accuracy' if curves[-1].metric == 'acc' else 'MSE'}"
-            f" after k inner steps ({curves[-1].episodes} episodes)", xname="inner step")
+            xs=[c.steps for c in curves], ys=[c.values for c in curves], keys=[c.name for c in curves],
+            title=f"{stage}: {last.label} by {last.axis} ({last.episodes} {last.over})", xname=last.axis)
         for logger in loggers:
             logger.experiment.log({f"{stage}/adaptation_curve": chart, "trainer/global_step": trainer.global_step})
