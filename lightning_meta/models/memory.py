@@ -128,22 +128,26 @@ class LRUAMemory(nn.Module):
         gate = torch.sigmoid(alphas).unsqueeze(-1)
         return gate * previous_read_weights + (1 - gate) * least_used.unsqueeze(1)
 
-    def unit(self, x: Tensor) -> Tensor:
-        """``x`` scaled to unit norm along the last dimension; vectors of norm ``<= eps`` (a wiped row)
-        become 0 with a zero gradient.  (``x / (|x| + eps)`` would give them a gradient of ``1 / eps``:
-        harmless in float32 when multiplied by zeros, but it overflows float16 gradients into NaN.)"""
-        norm = x.norm(dim=-1, keepdim=True)
-        return x / torch.where(norm > self.eps, norm, torch.full_like(norm, float("inf")))
+    def inverse_norm(self, x: Tensor) -> Tensor:
+        """``1 / |x|`` along the last dimension (``[...]``); vectors of norm ``<= eps`` (a wiped row) get 0
+        with a zero gradient.  (``1 / (|x| + eps)`` would give them a gradient of ``1 / eps^2``: harmless
+        in float32 when multiplied by zeros, but it overflows float16 gradients into NaN.)  From the
+        squared norm, whose backward is one product (that of ``norm`` divides and masks every element)."""
+        squared = (x * x).sum(-1)
+        return torch.where(squared > self.eps ** 2, squared, torch.full_like(squared, float("inf"))).rsqrt()
 
     def address(self, keys: Tensor, memory: Tensor, strengths: Optional[Tensor] = None) -> Tensor:
         """Read weights ``[B, heads, slots]``: softmax over slots of ``beta * cosine(key, M_i)``, with the
         key strengths ``beta = strengths [B, heads]`` (``None``: 1, the paper's plain cosine).  A wiped
-        (all-zero) row has cosine 0 with every key."""
-        keys_unit, rows_unit = self.unit(keys), self.unit(memory)
-        similarity = keys_unit @ rows_unit.transpose(1, 2)
+        (all-zero) row has cosine 0 with every key.
+
+        The cosines are the dot products ``k . M_i`` scaled by ``1 / (|k| |M_i|)``: the same numbers as
+        unit keys times unit rows, but the divisions (and their backward) act on ``[B, heads, slots]``
+        instead of every element of the memory, the largest cost of a step at the paper's sizes."""
+        scale = self.inverse_norm(keys).unsqueeze(-1) * self.inverse_norm(memory).unsqueeze(-2)
         if strengths is not None:
-            similarity = strengths.unsqueeze(-1) * similarity
-        return torch.softmax(similarity, dim=-1)
+            scale = strengths.unsqueeze(-1) * scale
+        return torch.softmax(torch.bmm(keys, memory.transpose(1, 2)) * scale, dim=-1)
 
     def step(self, keys: Tensor, alphas: Tensor, state: MemoryState,
              strengths: Optional[Tensor] = None) -> tuple[Tensor, MemoryState]:
@@ -161,10 +165,10 @@ class LRUAMemory(nn.Module):
             state = MemoryState(*(value.to(dtype) for value in state))
             least_used = self.least_used(state.usage)
             write = self.write_weights(alphas, state.read_weights, least_used)
-            memory = state.memory * (1 - least_used).unsqueeze(-1)
-            memory = memory + write.transpose(1, 2) @ keys
+            # torch.bmm and baddbmm, not @: matmul's backward of these vector products is several times slower
+            memory = torch.baddbmm(state.memory * (1 - least_used).unsqueeze(-1), write.transpose(1, 2), keys)
             read = self.address(keys, memory, strengths)
-            reads = read @ memory
+            reads = torch.bmm(read, memory)
             usage = self.gamma * state.usage + read.sum(1) + write.sum(1)
         return reads, MemoryState(memory, read, usage, write)
 
