@@ -1,6 +1,7 @@
 """SequenceLearner, the base of SNAIL and MANN: the label space checked before anything runs, episode
 orders shared by training and evaluation (the evaluated split read from the Trainer), the embedding per
-episode in training and in one pass in eval(), checkpoint keys of earlier versions, recurrent-state helpers."""
+episode in training (in one pass without BatchNorm) and in one pass in eval(), checkpoint keys of earlier
+versions, recurrent-state helpers."""
 
 from __future__ import annotations
 
@@ -80,6 +81,19 @@ def test_training_embeds_each_episode_alone_and_evaluation_all_at_once():
     assert not torch.allclose(per_episode, model.embed(x.flatten(0, 1)).unflatten(0, (3, 6)))
     model.eval()
     torch.testing.assert_close(model.embed_episodes(x), torch.stack([model.embed(e) for e in x]))
+
+
+def test_an_embedding_without_batch_norm_embeds_all_episodes_in_one_pass_in_training():
+    """Without BatchNorm the images are embedded independently: one pass equals the per-episode calls."""
+    model = tiny_mann(embedding=torch.nn.Sequential(torch.nn.Flatten(), torch.nn.LayerNorm(4), torch.nn.Linear(4, 3)),
+                      input_shape=[4]).train()
+    x = torch.randn(5, 6, 4, dtype=torch.float64)
+    calls = []
+    hook = model.embedding.register_forward_hook(lambda module, inputs, output: calls.append(len(inputs[0])))
+    features = model.embed_episodes(x)
+    hook.remove()
+    assert calls == [30]
+    torch.testing.assert_close(features, torch.stack([model.embed(e) for e in x]))
 
 
 @pytest.mark.parametrize("learner", ["snail", "mann"])

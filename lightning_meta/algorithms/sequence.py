@@ -34,6 +34,7 @@ from lightning_meta.algorithms.base import MetaLearner
 from lightning_meta.data.episodes import episode_generator
 from lightning_meta.data.sequences import episode_permutations
 from lightning_meta.errors import DATA_ARGS, MODEL_ARGS, ConfigurationError, require_positive
+from lightning_meta.internals import is_norm_layer
 from lightning_meta.models.backbone import build_module
 from lightning_meta.models.norm import evaluation_mode, require_norm_statistics
 from lightning_meta.tasks import TaskBatch
@@ -142,9 +143,12 @@ class SequenceLearner(MetaLearner):
         return (x if self.embedding is None else self.embedding(x)).flatten(1)
 
     def embed_episodes(self, x: Tensor) -> Tensor:
-        """Features ``[G, T, features]`` of the examples ``x [G, T, ...]`` of ``G`` episodes: in training each
-        episode on its own (BatchNorm over one episode), in ``eval()`` mode all in one pass."""
-        if self.training and self.embedding is not None:
+        """Features ``[G, T, features]`` of the examples ``x [G, T, ...]`` of ``G`` episodes: each episode on
+        its own while a BatchNorm-style layer of the embedding is in training mode (statistics of one
+        episode, and one running-statistics update per episode), otherwise all in one pass: every image
+        is then embedded independently, so one pass gives the same features for a fraction of the calls
+        (hundreds of small episodes per meta-batch make the per-episode calls the dearest part of a step)."""
+        if self.embedding is not None and any(is_norm_layer(m) and m.training for m in self.embedding.modules()):
             return torch.stack([self.embed(episode) for episode in x])
         return self.embed(x.flatten(0, 1)).unflatten(0, x.shape[:2])
 
