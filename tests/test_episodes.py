@@ -67,6 +67,20 @@ def test_class_images_labels_and_rotations():
     assert torch.equal(rotated, torch.rot90(pool.class_samples(5, torch.tensor([0])), 1, dims=(-2, -1)))
 
 
+def test_a_meta_batch_of_class_image_tasks_draws_each_task_as_alone():
+    """``sample_batch`` selects, rotates and scales the images of all tasks together: each task must be the
+    one its generator draws alone, class by class (classes, then samples of each, in the generator's order)."""
+    pool = ClassImages(make_pool().images, [6] * 12, rotations=(0, 90, 180, 270), mean=[0.3], std=[0.2])
+    batch = pool.sample_batch([torch.Generator().manual_seed(seed) for seed in range(8)], ways=4, shots=2, queries=1)
+    for seed in range(8):
+        generator = torch.Generator().manual_seed(seed)
+        classes = torch.randperm(pool.num_classes, generator=generator)[:4].tolist()
+        images = [pool.class_samples(c, torch.randperm(6, generator=generator)[:3]) for c in classes]
+        assert torch.equal(batch.support_x[seed], torch.cat([x[:2] for x in images]))
+        assert torch.equal(batch.query_x[seed], torch.cat([x[2:] for x in images]))
+    assert batch.support_y.tolist() == [[0, 0, 1, 1, 2, 2, 3, 3]] * 8 and batch.query_y.tolist() == [[0, 1, 2, 3]] * 8
+
+
 def test_sinusoid_tasks_follow_finn_ranges():
     dm = SinusoidDataModule(meta_batch_size=4, episodes_per_epoch=40, val_episodes=8)
     dm.setup("fit")

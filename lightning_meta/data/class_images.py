@@ -7,7 +7,7 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
-from lightning_meta.tasks import Task
+from lightning_meta.tasks import Task, TaskBatch
 
 
 class ClassImages:
@@ -46,6 +46,8 @@ class ClassImages:
         self.images = images
         self.counts = torch.tensor(counts, dtype=torch.long)
         self.offsets = torch.cat([torch.zeros(1, dtype=torch.long), self.counts.cumsum(0)])
+        # the same as Python numbers, for the per-task loop of sample_batch
+        self.class_sizes, self.first_sample = self.counts.tolist(), self.offsets.tolist()
         self.names = list(names) if names is not None else [str(i) for i in range(len(counts))]
         self.rotations = [int(r) // 90 % 4 for r in rotations]
         channels = images.shape[1]
@@ -86,19 +88,48 @@ class ClassImages:
         return scale_pixels(x, self.mean, self.std)
 
     def sample(self, generator: torch.Generator, ways: int, shots: int, queries: int) -> Task:
-        classes = torch.randperm(self.num_classes, generator=generator)[:ways].tolist()
-        support, query = [], []
-        for c in classes:
-            count = int(self.counts[c % self.base_classes])
-            picks = torch.randperm(count, generator=generator)[: shots + queries]
-            x = self.class_samples(c, picks)
-            support.append(x[:shots])
-            query.append(x[shots:])
-        labels = torch.arange(ways)
-        return Task(
-            torch.cat(support), labels.repeat_interleave(shots),
-            torch.cat(query), labels.repeat_interleave(queries),
+        """One N-way K-shot task drawn from ``generator``: :meth:`sample_batch` of that generator alone."""
+        return self.sample_batch([generator], ways, shots, queries)[0]
+
+    def sample_batch(self, generators: Sequence[torch.Generator], ways: int, shots: int, queries: int) -> TaskBatch:
+        """One N-way K-shot task per generator, stacked ``[len(generators), ...]`` (no ``index``).
+
+        From each generator in turn: ``ways`` distinct classes, then ``shots + queries`` distinct samples
+        of each class, in that order; labels ``0 .. ways - 1`` in the order the classes were drawn (the
+        first ``shots`` samples of a class are its support).  Only these draws run task by task: the
+        images of all tasks are selected, rotated and scaled together, the same images as
+        :meth:`class_samples` per class (a training step draws hundreds of small tasks, where
+        per-task tensor calls would cost more than the step's learning).
+        """
+        size = shots + queries
+        picks, first_samples, turns = [], [], []
+        for generator in generators:
+            for c in torch.randperm(self.num_classes, generator=generator)[:ways].tolist():
+                base = c % self.base_classes
+                picks.append(torch.randperm(self.class_sizes[base], generator=generator)[:size])
+                first_samples.append(self.first_sample[base])
+                turns.append(self.rotations[c // self.base_classes])
+        rows = torch.cat(picks) + torch.tensor(first_samples).repeat_interleave(size)
+        x = rotate_images(self.images.index_select(0, rows), torch.tensor(turns).repeat_interleave(size))
+        x = scale_pixels(x, self.mean, self.std).unflatten(0, (len(generators), ways, size))
+        labels = torch.arange(ways).expand(len(generators), ways)
+        return TaskBatch(
+            x[:, :, :shots].flatten(1, 2).contiguous(), labels.repeat_interleave(shots, dim=1),
+            x[:, :, shots:].flatten(1, 2).contiguous(), labels.repeat_interleave(queries, dim=1),
         )
+
+
+def rotate_images(images: Tensor, turns: Tensor) -> Tensor:
+    """``images [n, C, H, W]``, image ``i`` turned by ``turns[i]`` quarter turns (``torch.rot90`` over the
+    last two dimensions); one ``rot90`` per distinct turn.  (``index_select``, not ``[]``: indexing uint8
+    images along dim 0 is an order of magnitude slower.)"""
+    present = turns.unique().tolist()
+    if present == [0]:
+        return images
+    groups = [(turns == turn).nonzero()[:, 0] for turn in present]
+    turned = torch.cat([torch.rot90(images.index_select(0, rows), turn, dims=(-2, -1))
+                        for turn, rows in zip(present, groups)])
+    return turned.index_select(0, torch.cat(groups).argsort())
 
 
 def scale_pixels(images: Tensor, mean: Optional[Tensor] = None, std: Optional[Tensor] = None) -> Tensor:

@@ -30,7 +30,9 @@ class EpisodeSource(Protocol):
     """Anything that draws one N-way K-shot task from a seeded generator.
 
     ``num_classes`` and ``min_samples`` (the fewest samples of any class; ``None`` when unbounded,
-    as for regression) let the data module reject impossible settings before training.
+    as for regression) let the data module reject impossible settings before training.  A source may
+    also draw a whole meta-batch at once, ``sample_batch(generators, ways, shots, queries) -> TaskBatch``
+    (the tasks ``sample`` would draw from each generator, stacked): :meth:`EpisodeStream.batch` uses it.
     """
 
     num_classes: int
@@ -61,10 +63,16 @@ class EpisodeStream(ItemStream):
         self.source, self.split = source, split
         self.ways, self.shots, self.queries, self.seed = ways, shots, queries, seed
 
-    def episode(self, index: int) -> Task:
-        generator = episode_generator(self.seed, self.split, max(index, 0), self.epoch)
-        return self.source.sample(generator, self.ways, self.shots, self.queries)
-
     def batch(self, position: int) -> TaskBatch:
+        """The episodes ``plan[position]``, each drawn from its own generator: in one call of the source's
+        ``sample_batch`` when it has one (``ClassImages``: the images of all episodes selected together),
+        otherwise by ``sample`` per episode."""
         indices = self.plan[position]
-        return TaskBatch.stack([self.episode(i) for i in indices], index=indices)
+        generators = [episode_generator(self.seed, self.split, max(i, 0), self.epoch) for i in indices]
+        sample_batch = getattr(self.source, "sample_batch", None)
+        if sample_batch is None:
+            return TaskBatch.stack([self.source.sample(g, self.ways, self.shots, self.queries) for g in generators],
+                                   index=indices)
+        batch = sample_batch(generators, self.ways, self.shots, self.queries)
+        batch.index = torch.as_tensor(indices, dtype=torch.long)
+        return batch
