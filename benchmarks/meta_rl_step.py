@@ -24,7 +24,7 @@ import torch
 from benchmarks.common import ForeignLoad, add_common_arguments, code_version, format_table, quiet, write_json
 from lightning_meta.algorithms.maml_rl import MAMLPolicyGradient
 from lightning_meta.algorithms.rl2 import RL2, collect_trials
-from lightning_meta.data.env_tasks import EnvTaskDataModule, EnvTaskStream
+from lightning_meta.data.env_tasks import EnvTaskDataModule
 from lightning_meta.envs import BernoulliBandits, Navigation2D
 from lightning_meta.models import GaussianMLPPolicy, GRUPolicy
 from lightning_meta.tasks import EnvTaskBatch
@@ -45,7 +45,7 @@ def timed(function: Callable[[], object], rounds: int) -> float:
 
 
 def first_batch(data: EnvTaskDataModule, tasks: int) -> EnvTaskBatch:
-    return EnvTaskStream(data.family, [list(range(tasks))], data.seed, "train", 0).batch(0)
+    return data.stream("train", [list(range(tasks))], epoch=0).batch(0)
 
 
 def maml_row(outer: str, tasks: int, rollouts: int, horizon: int, hidden: int, rounds: int) -> tuple[list, dict]:
@@ -53,7 +53,7 @@ def maml_row(outer: str, tasks: int, rollouts: int, horizon: int, hidden: int, r
     model = MAMLPolicyGradient(GaussianMLPPolicy(2, 2, hidden_sizes=(hidden, hidden)), outer=outer)
     batch = first_batch(data, tasks)
     sizes = model.step_sizes(True)
-    explore = lambda: model.explore(data.family, batch, rollouts, sizes)  # noqa: E731
+    explore = lambda: model.explore(batch, sizes)  # noqa: E731
     support, query = explore()
     theta = {k: v.detach() for k, v in model.policy.named_parameters()}
 

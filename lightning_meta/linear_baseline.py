@@ -54,6 +54,11 @@ class LinearFeatureBaseline:
         tasks = observations.shape[0]
         x = self.features(observations.double(), masks).reshape(tasks, -1, 2 * observations.shape[-1] + 4)
         y = (returns.double() * masks.double()).reshape(tasks, -1, 1)
+        broken = ~(x.isfinite().all(dim=(1, 2)) & y.isfinite().all(dim=(1, 2)))
+        if bool(broken.any()):
+            raise FloatingPointError(
+                f"LinearFeatureBaseline: the observations or returns of tasks {broken.nonzero().flatten().tolist()} are"
+                " not finite (a NaN or infinite reward, state or task parameter); check the task family")
         gram, target = x.transpose(1, 2) @ x, x.transpose(1, 2) @ y
         eye = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
         reg = torch.full((tasks, 1, 1), self.reg_coeff, dtype=gram.dtype, device=gram.device)

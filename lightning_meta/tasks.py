@@ -13,10 +13,13 @@ algorithms and written per episode.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import NamedTuple, Optional, Sequence
+from typing import TYPE_CHECKING, NamedTuple, Optional, Sequence
 
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from lightning_meta.envs.family import TaskFamily
 
 
 class Task(NamedTuple):
@@ -115,17 +118,26 @@ class EnvTaskBatch:
     ``task`` holds the family's task parameters stacked along dim 0 (``{"goal": [B, 2]}`` for 2D
     navigation); ``key [B]`` seeds all the rollout noise of each task (actions, payoffs, transitions,
     PPO minibatches), so a task's rollouts do not depend on its batch, its process or a resume; ``index
-    [B]`` is each task's number in its split (``-1``: padding of an evaluation batch).
+    [B]`` is each task's number in its split (``-1``: padding of an evaluation batch).  ``family`` (the
+    environment the tasks belong to), ``rollouts`` (trajectories or trials per task and inner step in
+    this batch's split) and ``episodes_per_trial`` (RL²'s n) complete it, so that a learner evaluates a
+    batch from the batch alone, as the supervised learners do: after ``load_from_checkpoint``, without a
+    Trainer (the family is shared by the batch's tasks, not stacked; moving the batch to a device leaves
+    it as it is).
 
     Example::
 
-        batch = EnvTaskBatch(task={"goal": torch.zeros(2, 2)}, key=torch.tensor([7, 9]), index=torch.tensor([0, 1]))
+        batch = EnvTaskBatch(task={"goal": torch.zeros(2, 2)}, key=torch.tensor([7, 9]),
+                             index=torch.tensor([0, 1]), family=Navigation2D(), rollouts=20)
         batch.num_tasks        # 2
     """
 
     task: dict[str, Tensor]
     key: Tensor
     index: Tensor
+    family: TaskFamily
+    rollouts: int
+    episodes_per_trial: int = 1
 
     @property
     def num_tasks(self) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lightning_meta.data.env_tasks import EnvTaskDataModule, EnvTaskStream
+from lightning_meta.data.env_tasks import EnvTaskDataModule
 from lightning_meta.data.root import train_plan
 from lightning_meta.envs.family import TaskFamily
 from lightning_meta.errors import ConfigurationError
@@ -25,7 +25,7 @@ class Point1D(TaskFamily):
 
 
 def tasks_of(data: EnvTaskDataModule, split: str, plan, epoch=None) -> dict[int, tuple[float, int]]:
-    stream = EnvTaskStream(data.family, plan, data.seed, split, epoch)
+    stream = data.stream(split, plan, epoch)
     out = {}
     for batch in stream:
         assert isinstance(batch, EnvTaskBatch) and batch.task["goal"].shape == (len(batch.index), 1)
@@ -63,6 +63,17 @@ def test_the_checkpoint_names_the_family_with_primitives():
     assert data.hparams["family"] == {"class_path": "test_env_tasks.Point1D", "init_args": {"horizon": 7, "width": 2.0}}
     assert data.rollouts_for("train") == data.rollouts_for("test") == 3
     assert EnvTaskDataModule(Point1D(), rollouts=3, test_rollouts=5).rollouts_for("test") == 5
+
+
+def test_every_batch_carries_its_family_and_its_split_s_collection_sizes():
+    """A learner evaluates a batch from the batch alone (no Trainer, no data module)."""
+    data = EnvTaskDataModule(Point1D(), rollouts=3, test_rollouts=5, episodes_per_trial=2, meta_batch_size=2,
+                             episodes_per_epoch=4, val_episodes=2, test_episodes=2)
+    data.setup("fit")
+    sizes = {split: {(b.family is data.family, b.rollouts, b.episodes_per_trial) for b in loader()}
+             for split, loader in (("train", data.train_dataloader), ("val", data.val_dataloader),
+                                   ("test", data.test_dataloader))}
+    assert sizes == {"train": {(True, 3, 2)}, "val": {(True, 3, 2)}, "test": {(True, 5, 2)}}
 
 
 @pytest.mark.parametrize("args,named", [

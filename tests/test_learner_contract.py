@@ -26,13 +26,16 @@ from lightning_meta import (
     ANIL,
     MAML,
     MANN,
+    RL2,
     SNAIL,
     Baseline,
     BaselinePlusPlus,
     ConfigurationError,
     DomainAdversarial,
     DomainPairDataModule,
+    EnvTaskDataModule,
     FineTuningBaseline,
+    MAMLPolicyGradient,
     MatchingNetwork,
     MetaLearnerLSTM,
     MetaSGD,
@@ -43,16 +46,15 @@ from lightning_meta import (
     SinusoidDataModule,
 )
 from lightning_meta.algorithms.learner import Learner
-from lightning_meta.models import MLP, Conv4
+from lightning_meta.tasks import EnvTaskBatch
+from lightning_meta.envs import Navigation2D, TabularMDPs
+from lightning_meta.envs.family import TaskFamily
+from lightning_meta.models import MLP, Conv4, GaussianMLPPolicy, GRUPolicy
 from lightning_meta.models.relation import RelationEmbedding
 
 DATA = Path(__file__).resolve().parent / "data"
 #: exported classes that are bases to subclass, not learners to train
 BASES = {"Learner", "MetaLearner", "MetricLearner", "SequenceLearner"}
-#: the meta-RL learners: their ``evaluate_tasks`` collects episodes from the data module's task family, so
-#: the batch-only checks below do not apply as written; tests/test_maml_rl.py, test_meta_rl_cli.py,
-#: test_resume.py and test_ddp.py hold them to the same promises (a follow-up brings them in here)
-ENVIRONMENT_LEARNERS = {"MAMLPolicyGradient", "RL2"}
 
 
 def images(**kwargs: Any) -> RandomImages:
@@ -71,6 +73,11 @@ def sines() -> SinusoidDataModule:
 
 def domains() -> DomainPairDataModule:
     return DomainPairDataModule("hanzi", classes=5, batch_size=8, steps_per_epoch=2, val_samples=2, test_samples=2)
+
+
+def environments(family: TaskFamily, **kwargs: Any) -> EnvTaskDataModule:
+    return EnvTaskDataModule(family, rollouts=2, meta_batch_size=2, episodes_per_epoch=4, val_episodes=4,
+                             test_episodes=4, **kwargs)
 
 
 def conv(out: Any = 3, **kwargs: Any) -> Conv4:
@@ -106,20 +113,28 @@ CASES: dict[str, Case] = {
     "BaselinePlusPlus": Case(lambda: BaselinePlusPlus(embedding(), num_classes=8, finetune_steps=2), supervised),
     "DomainAdversarial": Case(lambda: DomainAdversarial(Conv4(1, None, hidden_channels=4, batch_norm_stats="running"),
                                                         num_classes=5), domains),
+    "MAMLPolicyGradient": Case(lambda: MAMLPolicyGradient(GaussianMLPPolicy(2, 2, hidden_sizes=(8,)), inner_lr=0.1),
+                               lambda: environments(Navigation2D(horizon=5))),
+    "RL2": Case(lambda: RL2(GRUPolicy(3, num_actions=2, hidden_size=8), ppo_epochs=2, ppo_minibatches=2),
+                lambda: environments(TabularMDPs(states=3, actions=2, horizon=4), episodes_per_trial=2)),
 }
 
 
 def test_every_exported_learner_has_a_case():
     exported = {name for name in lightning_meta.__all__
                 if isinstance(getattr(lightning_meta, name), type) and issubclass(getattr(lightning_meta, name), Learner)}
-    assert exported - BASES - ENVIRONMENT_LEARNERS == {name.split("-")[0] for name in CASES}
+    assert exported - BASES == {name.split("-")[0] for name in CASES}
 
 
 # ---------------------------------------------------------------------- batches, whatever their kind
 def select(value: Any, rows: torch.Tensor) -> Any:
     if isinstance(value, torch.Tensor):
         return value[rows.to(value.device)]
-    return None if value is None else [value[i] for i in rows.tolist()]
+    if isinstance(value, dict):  # an environment batch's task parameters
+        return {key: select(v, rows) for key, v in value.items()}
+    if isinstance(value, list):
+        return [value[i] for i in rows.tolist()]
+    return value  # shared by the batch's tasks: nothing, an environment family, its collection sizes
 
 
 def pick(batch: Any, rows: list[int]) -> Any:
@@ -133,9 +148,11 @@ def pick(batch: Any, rows: list[int]) -> Any:
 def join(batches: list[Any]) -> Any:
     """One batch of the tasks of ``batches``, in order."""
     def cat(values: list[Any]) -> Any:
-        if values[0] is None:
-            return None
-        return torch.cat(values) if isinstance(values[0], torch.Tensor) else sum(values, [])
+        if isinstance(values[0], torch.Tensor):
+            return torch.cat(values)
+        if isinstance(values[0], dict):
+            return {key: cat([v[key] for v in values]) for key in values[0]}
+        return sum(values, []) if isinstance(values[0], list) else values[0]
 
     first = batches[0]
     if dataclasses.is_dataclass(first):
@@ -145,6 +162,12 @@ def join(batches: list[Any]) -> Any:
 
 def size(batch: Any) -> int:
     return len(batch[0]) if isinstance(batch, (tuple, list)) else len(batch.index)
+
+
+def float_tensors(value: Any) -> list[torch.Tensor]:
+    if isinstance(value, dict):
+        return [t for v in value.values() for t in float_tensors(v)]
+    return [value] if isinstance(value, torch.Tensor) and value.is_floating_point() else []
 
 
 def first_tasks(loader: Any, count: int = 4) -> Any:
@@ -164,9 +187,14 @@ def evaluate(model: Learner, batch: Any) -> dict[str, torch.Tensor]:
 
 
 def poison(batch: Any) -> None:
-    """Fill a training batch's inputs with NaN, in place (the ``*_x`` fields, or the first tensor)."""
-    inputs = ([getattr(batch, f.name) for f in dataclasses.fields(batch) if f.name.endswith("_x")]
-              if dataclasses.is_dataclass(batch) else [batch[0]])
+    """Fill a training batch's inputs with NaN, in place (the ``*_x`` fields, an environment batch's task
+    parameters, or the first tensor)."""
+    if isinstance(batch, EnvTaskBatch):
+        inputs = float_tensors(batch.task)
+    elif dataclasses.is_dataclass(batch):
+        inputs = [getattr(batch, f.name) for f in dataclasses.fields(batch) if f.name.endswith("_x")]
+    else:
+        inputs = [batch[0]]
     for tensor in inputs:
         tensor.fill_(float("nan"))
 

@@ -22,8 +22,8 @@ def small_model(**kwargs) -> MAMLPolicyGradient:
 
 
 def explored(model: MAMLPolicyGradient, steps: int = 1, tasks: int = 3, n: int = 4):
-    batch = EnvTaskStream(FAMILY, [list(range(tasks))], seed=0, split="train", epoch=0).batch(0)
-    return model.explore(FAMILY, batch, n, [model.inner_lr] * steps)
+    batch = EnvTaskStream(FAMILY, [list(range(tasks))], seed=0, split="train", epoch=0, rollouts=n).batch(0)
+    return model.explore(batch, [model.inner_lr] * steps)
 
 
 def meta_gradient(model: MAMLPolicyGradient, support, query) -> dict[str, torch.Tensor]:
@@ -112,10 +112,10 @@ def test_the_loop_equals_vmap():
 def test_rollouts_are_a_function_of_the_task_key():
     """A task's episodes do not depend on the other tasks of its batch."""
     model = small_model()
-    batch = EnvTaskStream(FAMILY, [[0, 1, 2]], seed=0, split="train", epoch=0).batch(0)
-    alone = EnvTaskStream(FAMILY, [[1]], seed=0, split="train", epoch=0).batch(0)
-    support, query = model.explore(FAMILY, batch, 4, [0.3])
-    support1, query1 = model.explore(FAMILY, alone, 4, [0.3])
+    batch = EnvTaskStream(FAMILY, [[0, 1, 2]], seed=0, split="train", epoch=0, rollouts=4).batch(0)
+    alone = EnvTaskStream(FAMILY, [[1]], seed=0, split="train", epoch=0, rollouts=4).batch(0)
+    support, query = model.explore(batch, [0.3])
+    support1, query1 = model.explore(alone, [0.3])
     torch.testing.assert_close(query.rewards[1:2], query1.rewards, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(support[0].actions[1:2], support1[0].actions, rtol=0, atol=0)
 

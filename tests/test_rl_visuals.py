@@ -112,7 +112,7 @@ def maml_episodes(test_inner_steps: int) -> tuple[torch.Tensor, torch.Tensor]:
     batch = TrajectoryPlot().fixed_tasks(trainer, "val")
     assert torch.equal(batch.index, torch.arange(4))
     with torch.enable_grad():
-        return model.adaptation_episodes(batch, "val")
+        return model.adaptation_episodes(batch)
 
 
 def test_maml_episodes_are_those_before_and_after_the_inner_steps():
@@ -153,8 +153,9 @@ def test_rl2_episodes_are_the_first_and_last_of_each_trial():
     trainer = quiet_trainer(max_epochs=1, limit_train_batches=0, limit_val_batches=0)
     trainer.fit(model, data)
     batch = TrajectoryPlot(tasks=3).fixed_tasks(trainer, "val")
-    observations, masks = model.adaptation_episodes(batch, "val")
-    trials = model.trials(batch, 2, phase=0)
+    observations, masks = model.adaptation_episodes(batch)
+    assert batch.rollouts == 2
+    trials = model.trials(batch, phase=0)
     positions = trials.inputs[..., :2].unflatten(2, (3, 6))   # [tasks, trials, episodes, horizon, 2]
     assert torch.equal(observations[0], positions[:, :, 0]) and torch.equal(observations[1], positions[:, :, 2])
     assert torch.equal(masks[1], trials.masks.unflatten(2, (3, 6))[:, :, 2])

@@ -33,7 +33,6 @@ from torch.func import functional_call, vmap
 
 from lightning_meta.algorithms.learner import Learner
 from lightning_meta.algorithms.rl_checks import check_env_data, check_policy, require_discount
-from lightning_meta.envs.family import TaskFamily
 from lightning_meta.errors import MODEL_ARGS, ConfigurationError, optional_positive, require_choice, require_positive
 from lightning_meta.inner_loop import Graph, Params, adapt, detached, inner_gradients
 from lightning_meta.inner_updates import SGD
@@ -148,10 +147,6 @@ class MAMLPolicyGradient(Learner):
         check_env_data(self, datamodule)
         check_policy(self.policy, datamodule.family, MODEL_ARGS + "policy", recurrent=False)
 
-    @property
-    def data(self) -> Any:
-        return self.trainer.datamodule
-
     # ------------------------------------------------------------------ adaptation
     def step_sizes(self, training: bool) -> list[float]:
         steps = self.inner_steps if training else self.test_inner_steps
@@ -188,10 +183,10 @@ class MAMLPolicyGradient(Learner):
         per_task = [self.adapt_task(theta, [pick(s, b) for s in support], step_sizes, graph) for b in range(tasks)]
         return {name: torch.stack([p[name] for p in per_task]) for name in theta}
 
-    def explore(self, family: TaskFamily, batch: EnvTaskBatch, n: int,
-                step_sizes: Sequence[float]) -> tuple[list[Trajectories], Trajectories]:
-        """Collect, adapt, collect: ``n`` episodes per task of each inner step (the support of the next step),
-        and the episodes after the last step."""
+    def explore(self, batch: EnvTaskBatch, step_sizes: Sequence[float]) -> tuple[list[Trajectories], Trajectories]:
+        """Collect, adapt, collect: ``batch.rollouts`` episodes per task of each inner step (the support of the
+        next step), and the episodes after the last step."""
+        family, n = batch.family, batch.rollouts
         task = self.cast_task(batch.task)
         theta = detached(dict(self.policy.named_parameters()))
         support: list[Trajectories] = []
@@ -241,7 +236,7 @@ class MAMLPolicyGradient(Learner):
 
     def training_step(self, batch: EnvTaskBatch, batch_idx: int) -> None:
         start = time.perf_counter()
-        support, query = self.explore(self.data.family, batch, self.data.rollouts_for("train"), self.step_sizes(True))
+        support, query = self.explore(batch, self.step_sizes(True))
         theta = dict(self.policy.named_parameters())
         if self.outer == "trpo":
             loss, kl, entropy = self.trpo_update(theta, support, query)
@@ -339,9 +334,7 @@ class MAMLPolicyGradient(Learner):
 
     # ------------------------------------------------------------------ evaluation
     def evaluate_tasks(self, batch: EnvTaskBatch) -> dict[str, Tensor]:
-        stage = "test" if self.trainer.testing else "val"
-        sizes = self.step_sizes(False)
-        support, query = self.explore(self.data.family, batch, self.data.rollouts_for(stage), sizes)
+        support, query = self.explore(batch, self.step_sizes(False))
         returns = [s.returns().mean(1) for s in support] + [query.returns().mean(1)]
         values = {"return_before": returns[0]}
         values.update({f"return_step{k}": returns[k] for k in range(1, len(returns))})
@@ -353,11 +346,11 @@ class MAMLPolicyGradient(Learner):
         each test inner step ``k``, as :meth:`evaluate_tasks` reports them."""
         return "inner step", {0: "return_before", **{k: f"return_step{k}" for k in range(1, self.test_inner_steps + 1)}}
 
-    def adaptation_episodes(self, batch: EnvTaskBatch, stage: str) -> tuple[Tensor, Tensor]:
+    def adaptation_episodes(self, batch: EnvTaskBatch) -> tuple[Tensor, Tensor]:
         """Observations ``[2, B, n, T, obs]`` and masks ``[2, B, n, T]`` of each task's episodes before (row 0)
-        and after (row 1) the test inner steps: the rollouts :meth:`evaluate_tasks` collects in ``stage``
+        and after (row 1) the test inner steps: the rollouts :meth:`evaluate_tasks` collects
         (:class:`~lightning_meta.callbacks.TrajectoryPlot` draws them)."""
-        support, query = self.explore(self.data.family, batch, self.data.rollouts_for(stage), self.step_sizes(False))
+        support, query = self.explore(batch, self.step_sizes(False))
         before = support[0] if support else query
         return torch.stack([before.observations, query.observations]), torch.stack([before.masks, query.masks])
 

@@ -150,13 +150,10 @@ class RL2(Learner):
                 f"{MODEL_ARGS}ppo_minibatches={self.ppo_minibatches} does not divide data.init_args.rollouts="
                 f"{datamodule.rollouts} (the trials of each task): choose a divisor")
 
-    @property
-    def data(self) -> Any:
-        return self.trainer.datamodule
-
-    def trials(self, batch: EnvTaskBatch, n: int, phase: int) -> Trials:
+    def trials(self, batch: EnvTaskBatch, phase: int) -> Trials:
+        """``batch.rollouts`` trials of ``batch.episodes_per_trial`` episodes per task."""
         task = {k: v.to(self.dtype) if v.is_floating_point() else v for k, v in batch.task.items()}
-        return collect_trials(self.policy, self.data.family, task, n, self.data.episodes_per_trial, batch.key,
+        return collect_trials(self.policy, batch.family, task, batch.rollouts, batch.episodes_per_trial, batch.key,
                               phase, self.dtype)
 
     # ------------------------------------------------------------------ training
@@ -178,8 +175,8 @@ class RL2(Learner):
                 "clip_fraction": masked_mean(clipped.to(masks.dtype), masks)}
 
     def training_step(self, batch: EnvTaskBatch, batch_idx: int) -> None:
-        n = self.data.rollouts_for("train")
-        trials = self.trials(batch, n, phase=0)
+        n = batch.rollouts
+        trials = self.trials(batch, phase=0)
         advantages = gae(trials.rewards, trials.values, trials.masks, self.gamma, self.gae_lambda)
         returns = advantages + trials.values * trials.masks
         advantages = normalised(advantages, trials.masks)
@@ -199,14 +196,13 @@ class RL2(Learner):
                 reduced = self.all_reduce_mean(grads)
                 self.outer_step(grads={f"policy.{name}": g for name, g in reduced.items()}, all_reduced=True)
                 logged = {k: v.detach() for k, v in losses.items()}
-        logged["return"] = trials.episode_returns(self.data.family.horizon).sum(-1).mean()
+        logged["return"] = trials.episode_returns(batch.family.horizon).sum(-1).mean()
         self.log_values("train", logged, units=batch.num_tasks)
 
     # ------------------------------------------------------------------ evaluation
     def evaluate_tasks(self, batch: EnvTaskBatch) -> dict[str, Tensor]:
-        stage = "test" if self.trainer.testing else "val"
-        trials = self.trials(batch, self.data.rollouts_for(stage), phase=0)
-        episodes = trials.episode_returns(self.data.family.horizon).mean(1)  # [B, episodes]
+        trials = self.trials(batch, phase=0)
+        episodes = trials.episode_returns(batch.family.horizon).mean(1)  # [B, episodes]
         values = {"return": episodes.sum(-1)}
         values.update({f"return_ep{k}": episodes[:, k - 1] for k in self.report_episodes if k <= episodes.shape[1]})
         return values
@@ -216,12 +212,12 @@ class RL2(Learner):
         the trial for ``k`` in ``report_episodes``, as :meth:`evaluate_tasks` reports them."""
         return "episode of the trial", {k: f"return_ep{k}" for k in self.report_episodes}
 
-    def adaptation_episodes(self, batch: EnvTaskBatch, stage: str) -> tuple[Tensor, Tensor]:
+    def adaptation_episodes(self, batch: EnvTaskBatch) -> tuple[Tensor, Tensor]:
         """Observations ``[2, B, n, T, obs]`` and masks ``[2, B, n, T]`` of the first (row 0) and last (row 1)
-        episode of each trial :meth:`evaluate_tasks` collects in ``stage``: before and after the hidden state
-        adapted (:class:`~lightning_meta.callbacks.TrajectoryPlot` draws them)."""
-        family = self.data.family
-        trials = self.trials(batch, self.data.rollouts_for(stage), phase=0)
+        episode of each trial :meth:`evaluate_tasks` collects: before and after the hidden state adapted
+        (:class:`~lightning_meta.callbacks.TrajectoryPlot` draws them)."""
+        family = batch.family
+        trials = self.trials(batch, phase=0)
         observations = trials.inputs[..., :family.observation_size].unflatten(2, (-1, family.horizon))
         masks = trials.masks.unflatten(2, (-1, family.horizon))
         return observations[:, :, [0, -1]].movedim(2, 0), masks[:, :, [0, -1]].movedim(2, 0)

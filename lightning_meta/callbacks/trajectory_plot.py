@@ -33,7 +33,7 @@ from lightning_meta.callbacks.fixed_episodes import (
     wandb_loggers,
 )
 from lightning_meta.callbacks.run_folder import output_dir
-from lightning_meta.data.env_tasks import EnvTaskDataModule, EnvTaskStream
+from lightning_meta.data.env_tasks import EnvTaskDataModule
 from lightning_meta.envs.navigation import Navigation2D
 from lightning_meta.tasks import EnvTaskBatch
 
@@ -47,7 +47,7 @@ class TrajectoryPlot(pl.Callback):
     At the end of each validation epoch (and of the test, if asked), rank 0 takes the split's first
     ``tasks`` tasks (the same ones every time, drawn from their addresses as the data module draws
     them) and asks the learner for their episodes before and after adaptation,
-    ``adaptation_episodes(batch, stage)`` (:meth:`~lightning_meta.MAMLPolicyGradient.adaptation_episodes`:
+    ``adaptation_episodes(batch)`` (:meth:`~lightning_meta.MAMLPolicyGradient.adaptation_episodes`:
     before and after the test inner steps; :meth:`~lightning_meta.RL2.adaptation_episodes`: the first and
     the last episode of a trial): the rollouts its evaluation collects, with the evaluation's number of
     episodes per task, in ``eval()`` mode, the RNG states restored after, nothing logged as a metric.
@@ -102,7 +102,7 @@ class TrajectoryPlot(pl.Callback):
         if not isinstance(datamodule, EnvTaskDataModule) or not isinstance(datamodule.family, Navigation2D):
             return None
         count = min(self.tasks, datamodule.val_episodes if stage == "val" else datamodule.test_episodes)
-        return EnvTaskStream(datamodule.family, [list(range(count))], datamodule.seed, stage).batch(0)
+        return datamodule.stream(stage, [list(range(count))]).batch(0)
 
     def plot(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         """Collect, draw, write and log the fixed tasks' episodes of ``stage`` (rank 0)."""
@@ -115,7 +115,7 @@ class TrajectoryPlot(pl.Callback):
         batch = move_data_to_device(precision.convert_input(batch), pl_module.device)
         step_context = precision.val_step_context() if stage == "val" else precision.test_step_context()
         with side_evaluation(pl_module), step_context:
-            observations, masks = pl_module.adaptation_episodes(batch, stage)
+            observations, masks = pl_module.adaptation_episodes(batch)
         picture = self.draw(observations[:, :, :self.episodes].cpu(), masks[:, :, :self.episodes].cpu(),
                             batch.task["goal"].cpu(), batch.index.tolist(), stage)
         path = output_dir(trainer) / f"trajectories_{stage}_{trainer.current_epoch}.png"

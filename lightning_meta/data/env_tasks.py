@@ -3,8 +3,8 @@
 An item is one task: its parameters (``family.sample_task``) and a ``key`` that seeds all its rollout
 noise, both drawn from the item's address (:func:`~lightning_meta.data.root.item_generator`), so a task
 is the same whatever the batch, the number of processes or a resume.  What is collected per task (the
-rollouts of an inner step, of a test, the episodes of an RL² trial) are settings of the data, read by
-the learner at setup.
+rollouts of an inner step, of a test, the episodes of an RL² trial) are settings of the data, carried
+by every batch with the family, so a learner evaluates a batch from the batch alone.
 """
 
 from __future__ import annotations
@@ -24,12 +24,14 @@ KEY_BOUND = 2**40
 
 
 class EnvTaskStream(ItemStream):
-    """The task batches of one split: each task from its own address (padding ``-1`` draws task 0)."""
+    """The task batches of one split: each task from its own address (padding ``-1`` draws task 0), with
+    the family and the split's collection sizes (:class:`~lightning_meta.tasks.EnvTaskBatch`)."""
 
     def __init__(self, family: TaskFamily, plan: Sequence[Sequence[int]], seed: int, split: str,
-                 epoch: int | None = None):
+                 epoch: int | None = None, rollouts: int = 20, episodes_per_trial: int = 1):
         super().__init__(plan, epoch)
         self.family, self.seed, self.split = family, seed, split
+        self.rollouts, self.episodes_per_trial = rollouts, episodes_per_trial
 
     def batch(self, position: int) -> EnvTaskBatch:
         index = self.plan[position]
@@ -38,7 +40,8 @@ class EnvTaskStream(ItemStream):
             generator = item_generator(self.seed, self.split, max(i, 0), self.epoch)
             tasks.append(self.family.sample_task(generator))
             keys.append(int(torch.randint(KEY_BOUND, (), generator=generator)))
-        return EnvTaskBatch(self.family.stack(tasks), torch.tensor(keys), torch.tensor(index, dtype=torch.long))
+        return EnvTaskBatch(self.family.stack(tasks), torch.tensor(keys), torch.tensor(index, dtype=torch.long),
+                            self.family, self.rollouts, self.episodes_per_trial)
 
 
 class EnvTaskDataModule(TaskDataModule):
@@ -96,9 +99,13 @@ class EnvTaskDataModule(TaskDataModule):
         """Trajectories per task and inner step in ``stage`` (``"train"``, ``"val"`` or ``"test"``)."""
         return self.test_rollouts if stage == "test" else self.rollouts
 
+    def stream(self, split: str, plan: Sequence[Sequence[int]], epoch: int | None = None) -> EnvTaskStream:
+        """The batches of ``split`` (``"train"``, ``"val"`` or ``"test"``) that ``plan`` lists."""
+        return EnvTaskStream(self.family, plan, self.seed, split, epoch, self.rollouts_for(split),
+                             self.episodes_per_trial)
+
     def train_dataloader(self) -> ItemLoader:
-        stream = EnvTaskStream(self.family, self.training_plan(self.steps_per_epoch), self.seed, "train", epoch=0)
-        return self.loader(stream, training=True)
+        return self.loader(self.stream("train", self.training_plan(self.steps_per_epoch), epoch=0), training=True)
 
     def val_dataloader(self) -> ItemLoader:
         return self.evaluation_loader("val", self.val_episodes)
@@ -108,4 +115,4 @@ class EnvTaskDataModule(TaskDataModule):
 
     def evaluation_loader(self, split: str, tasks: int) -> ItemLoader:
         plan = self.evaluation_plan(tasks, self.items_per_rank())
-        return self.loader(EnvTaskStream(self.family, plan, self.seed, split))
+        return self.loader(self.stream(split, plan))
