@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
@@ -16,7 +17,13 @@ from torch import Tensor, nn
 from lightning_meta import MAML, ConfigurationError, NpzDataModule, SinusoidDataModule
 from lightning_meta.algorithms.domain_adversarial import DomainAdversarial
 from lightning_meta.data.domains import DomainPairDataModule
-from lightning_meta.data.root import ItemStream, TaskDataModule, item_generator
+from lightning_meta.data.root import (
+    ItemStream,
+    TaskDataModule,
+    item_generator,
+    item_generators,
+    seed_sequence_states,
+)
 from lightning_meta.models import MLP
 
 
@@ -56,6 +63,25 @@ def test_batches_equal_those_of_the_code_before_the_root():
     pairs = DomainPairDataModule("hanzi", classes=10, batch_size=8, steps_per_epoch=4, val_samples=2, test_samples=3)
     pairs.setup("fit")
     assert fingerprint(*first(pairs.train_dataloader())) == "262f8ad7db27c4e1a836"
+
+
+def test_item_generators_hash_addresses_as_numpys_seed_sequence():
+    """The addresses of a meta-batch are hashed together: the words numpy's SeedSequence gives each row
+    (zeros, trailing zeros, the full 32-bit range), and the generators item_generator gives each item,
+    also for numbers SeedSequence splits into two words."""
+    words = np.random.default_rng(0).integers(0, 2 ** 32, size=(300, 4), dtype=np.uint64).astype(np.uint32)
+    words[:20], words[20:40, 3] = 0, 0
+    for length in (1, 3, 4):
+        expected = [np.random.SeedSequence(row.tolist()).generate_state(2) for row in words[:, :length]]
+        assert np.array_equal(seed_sequence_states(words[:, :length]), np.stack(expected))
+    for seed, split, epoch in [(0, "train", 0), (7, "test", None), (2 ** 33, "val", 2)]:
+        indices = [0, 1, 255, 2 ** 32 + 1]
+        seeds = [g.initial_seed() for g in item_generators(seed, split, indices, epoch)]
+        key = [seed, ("train", "val", "test").index(split)]
+        state = [np.random.SeedSequence(key + [i] + ([] if epoch is None else [epoch + 1])).generate_state(2).tolist()
+                 for i in indices]
+        assert seeds == [first << 31 ^ second for first, second in state]
+        assert seeds == [item_generator(seed, split, i, epoch).initial_seed() for i in indices]
 
 
 # ---------------------------------------------------------------------- a module whose items are task seeds

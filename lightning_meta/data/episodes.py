@@ -19,11 +19,13 @@ from typing import Optional, Protocol, Sequence
 
 import torch
 
-from lightning_meta.data.root import ItemStream, item_generator
+from lightning_meta.data.root import ItemStream, item_generator, item_generators
 from lightning_meta.tasks import Task, TaskBatch
 
 #: the generator of one episode: an episode is an item of the root data module
 episode_generator = item_generator
+#: the generators of several episodes of a split, hashed together
+episode_generators = item_generators
 
 
 class EpisodeSource(Protocol):
@@ -68,7 +70,7 @@ class EpisodeStream(ItemStream):
         ``sample_batch`` when it has one (``ClassImages``: the images of all episodes selected together),
         otherwise by ``sample`` per episode."""
         indices = self.plan[position]
-        generators = [episode_generator(self.seed, self.split, max(i, 0), self.epoch) for i in indices]
+        generators = episode_generators(self.seed, self.split, [max(i, 0) for i in indices], self.epoch)
         sample_batch = getattr(self.source, "sample_batch", None)
         if sample_batch is None:
             return TaskBatch.stack([self.source.sample(g, self.ways, self.shots, self.queries) for g in generators],

@@ -46,13 +46,77 @@ warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` 
 
 
 def item_generator(seed: int, split: str, index: int, epoch: Optional[int] = None) -> torch.Generator:
-    """The generator of one item, a pure function of its address ``(seed, split, index[, epoch])``."""
-    # epoch + 1: numpy's SeedSequence pads its entropy with zeros, so a trailing 0 would collide
-    key = [seed, SPLITS.index(split), index] if epoch is None else [seed, SPLITS.index(split), index, epoch + 1]
-    state = np.random.SeedSequence([int(k) for k in key]).generate_state(2, dtype=np.uint32)
-    generator = torch.Generator()
-    generator.manual_seed(int(state[0]) << 31 ^ int(state[1]))
-    return generator
+    """The generator of one item, a pure function of its address ``(seed, split, index[, epoch])``: seeded
+    from ``numpy.random.SeedSequence`` of the address (see :func:`item_generators`)."""
+    return item_generators(seed, split, [index], epoch)[0]
+
+
+def item_generators(seed: int, split: str, indices: Sequence[int], epoch: Optional[int] = None) -> list[torch.Generator]:
+    """:func:`item_generator` of each of ``indices``: the first two words of ``numpy.random.SeedSequence(
+    [seed, split number, index(, epoch + 1)]).generate_state(2)`` seed it.
+
+    Addresses of 32-bit numbers (all in practice) are hashed together with :func:`seed_sequence_states`,
+    the same words as ``SeedSequence`` computed for all items at once (a meta-batch of hundreds of small
+    episodes would spend more on the per-item ``SeedSequence`` than on drawing the episodes); larger
+    numbers, which ``SeedSequence`` splits into several words, go through ``SeedSequence`` itself.
+    """
+    # epoch + 1: SeedSequence pads its entropy with zeros, so a trailing 0 would collide
+    keys = [[int(seed), SPLITS.index(split), int(i)] + ([] if epoch is None else [int(epoch) + 1]) for i in indices]
+    if all(0 <= k < 2 ** 32 for key in keys for k in key):
+        states = seed_sequence_states(np.array(keys, dtype=np.uint32).reshape(len(keys), -1)).tolist()
+    else:
+        states = [np.random.SeedSequence(key).generate_state(2, dtype=np.uint32).tolist() for key in keys]
+    generators = []
+    for first, second in states:
+        generator = torch.Generator()
+        generator.manual_seed(first << 31 ^ second)
+        generators.append(generator)
+    return generators
+
+
+#: numpy's SeedSequence (O'Neill's seed_seq_fe, stable by NEP 19): hash constants, multipliers, pool size
+SEED_HASH = {"init_a": 0x43B0D7E5, "mult_a": 0x931E8875, "init_b": 0x8B51F9DD, "mult_b": 0x58F38DED,
+             "mix_l": 0xCA01F9DD, "mix_r": 0x4973F715, "pool": 4}
+
+
+def seed_sequence_states(entropy: np.ndarray) -> np.ndarray:
+    """``SeedSequence(entropy[j]).generate_state(2)`` for every row of ``entropy`` ``[n, words]`` (uint32,
+    at most ``pool`` = 4 words): numpy's mixing, on columns of all rows at once; returns ``[n, 2]`` uint32.
+
+    Example::
+
+        seed_sequence_states(np.array([[7, 0, 3]], dtype=np.uint32))[0]   # SeedSequence([7, 0, 3]).generate_state(2)
+    """
+    mask, shift = 0xFFFFFFFF, 16
+    pool_size = SEED_HASH["pool"]
+    if entropy.shape[1] > pool_size:
+        raise ValueError(f"seed_sequence_states takes at most {pool_size} words per row, got {entropy.shape[1]}")
+    hash_a = SEED_HASH["init_a"]
+
+    def hashmix(value: np.ndarray) -> np.ndarray:
+        nonlocal hash_a
+        value = value ^ np.uint32(hash_a)
+        hash_a = hash_a * SEED_HASH["mult_a"] & mask
+        value = value * np.uint32(hash_a)
+        return value ^ (value >> np.uint32(shift))
+
+    def mix(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        result = x * np.uint32(SEED_HASH["mix_l"]) - y * np.uint32(SEED_HASH["mix_r"])
+        return result ^ (result >> np.uint32(shift))
+
+    zeros = np.zeros(len(entropy), dtype=np.uint32)
+    pool = [hashmix(entropy[:, i] if i < entropy.shape[1] else zeros) for i in range(pool_size)]
+    for source in range(pool_size):
+        for target in range(pool_size):
+            if source != target:
+                pool[target] = mix(pool[target], hashmix(pool[source]))
+    hash_b, words = SEED_HASH["init_b"], []
+    for value in pool[:2]:
+        value = value ^ np.uint32(hash_b)
+        hash_b = hash_b * SEED_HASH["mult_b"] & mask
+        value = value * np.uint32(hash_b)
+        words.append(value ^ (value >> np.uint32(shift)))
+    return np.stack(words, 1)
 
 
 def train_plan(num_batches: int, items_per_step: int, rank: int, world_size: int) -> list[list[int]]:

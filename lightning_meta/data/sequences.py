@@ -31,7 +31,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from lightning_meta.data.episodes import episode_generator
+from lightning_meta.data.episodes import episode_generators
 from lightning_meta.tasks import TaskBatch
 
 
@@ -47,8 +47,8 @@ def episode_permutations(batch: TaskBatch, size: int, salt: int, split: str, epo
                          fallback_start: int = 0) -> Tensor:
     """A random permutation of ``range(size)`` per task, ``[B, size]`` on the batch's device, drawn from
     ``episode_generator(salt, split, address, epoch)`` (``split``: ``"train"``, ``"val"`` or ``"test"``)."""
-    orders = [torch.randperm(size, generator=episode_generator(salt, split, address, epoch))
-              for address in episode_addresses(batch, fallback_start)]
+    orders = [torch.randperm(size, generator=generator)
+              for generator in episode_generators(salt, split, episode_addresses(batch, fallback_start), epoch)]
     return torch.stack(orders).to(batch.support_x.device)
 
 
