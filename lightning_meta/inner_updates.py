@@ -2,14 +2,19 @@
 
 Each rule is pure: it returns new parameters and its new state (momentum buffers, Adam's moments)
 and keeps nothing on the object, so one rule serves every task of a meta-batch, under ``vmap`` too.
-Its hyper-parameters (rates, momenta) may be tensors that require grad: learned rates receive
-meta-gradients through the update (MAML++, Meta-SGD).  :func:`lightning_meta.inner_loop.adapt` drives them;
-the Meta-Learner LSTM's rule, which also reads the loss, is
-:class:`~lightning_meta.models.meta_lstm_cell.MetaLSTMUpdate`.
+Its hyper-parameters (rates, momenta, betas, weight decay) may be tensors that require grad: learned
+rates receive meta-gradients through the update (MAML++, Meta-SGD), and a hypergradient reaches any of
+them.  :func:`lightning_meta.inner_loop.adapt` drives them; the Meta-Learner LSTM's rule, which also
+reads the loss, is :class:`~lightning_meta.models.meta_lstm_cell.MetaLSTMUpdate`.
 
-* :class:`SGD`: ``theta - lr * grad``, with a fixed rate or learned :class:`StepSizes`;
-* :class:`MomentumSGD`: ``torch.optim.SGD(momentum=...)``'s heavy-ball update;
-* :class:`Adam`: ``torch.optim.Adam``'s update, operation for operation (bias corrections included).
+* :class:`SGD`: ``torch.optim.SGD(lr, weight_decay)``, ``theta - lr * grad``, with a fixed rate or learned
+  :class:`StepSizes`;
+* :class:`MomentumSGD`: ``torch.optim.SGD(momentum=..., nesterov=..., weight_decay=...)`` (no dampening);
+* :class:`Adam`: ``torch.optim.Adam``'s update (bias corrections and L2 ``weight_decay`` included), with a
+  square root whose derivative stays finite at a zero second moment.
+
+Weight decay is ``torch.optim``'s L2 form: ``weight_decay * theta`` is added to the gradient before the
+rule sees it.
 
 Example::
 
@@ -46,9 +51,27 @@ def square_root(x: Number) -> Number:
     return x.sqrt() if isinstance(x, Tensor) else math.sqrt(x)
 
 
+def is_zero(x: Number) -> bool:
+    """Whether ``x`` is the plain number 0 (a tensor, possibly learned, never counts as zero)."""
+    return not isinstance(x, Tensor) and x == 0
+
+
+def with_weight_decay(params: Params, grads: Params, weight_decay: Number) -> Params:
+    """``grad + weight_decay * theta`` per parameter (``torch.optim``'s L2 weight decay); ``grads`` itself
+    when ``weight_decay`` is the number 0, so a rule without decay computes exactly what it did before."""
+    if is_zero(weight_decay):
+        return grads
+    return {name: g + weight_decay * params[name] for name, g in grads.items()}
+
+
+def descend(params: Params, directions: Params, lr: Rate, step: int) -> Params:
+    """``theta - lr * direction`` per parameter, the rate read with :func:`rate_of`."""
+    return {name: p - rate_of(lr, name, step) * directions[name] for name, p in params.items()}
+
+
 @dataclass(frozen=True, eq=False)
 class SGD:
-    """Gradient descent, ``theta - lr * grad``; no state.
+    """Gradient descent, ``theta - lr * (grad + weight_decay * theta)``; no state.
 
     Example::
 
@@ -57,31 +80,44 @@ class SGD:
     """
 
     lr: Rate
+    weight_decay: Number = 0.0
 
     def __call__(self, params: Params, grads: Params, loss: Tensor, state: Any, step: int) -> tuple[Params, Any]:
-        return {name: p - rate_of(self.lr, name, step) * grads[name] for name, p in params.items()}, state
+        return descend(params, with_weight_decay(params, grads, self.weight_decay), self.lr, step), state
 
 
 @dataclass(frozen=True, eq=False)
 class MomentumSGD:
-    """Gradient descent with momentum, as ``torch.optim.SGD(lr, momentum)`` (no dampening, not Nesterov).
+    """Gradient descent with momentum, as ``torch.optim.SGD(lr, momentum, nesterov=..., weight_decay=...)``
+    with no dampening.
 
-    The state is the velocity ``v_t = momentum * v_{t-1} + grad_t`` (``v_1 = grad_1``) and the update
-    ``theta - lr * v_t``.
+    With ``d_t = grad_t + weight_decay * theta_t``, the state is the velocity ``v_t = momentum * v_{t-1} + d_t``
+    (``v_1 = d_1``) and the update ``theta - lr * v_t``, or with ``nesterov=True``
+    ``theta - lr * (d_t + momentum * v_t)`` (Sutskever et al. 2013's form, as ``torch.optim`` has it).
 
     Example::
 
         update = MomentumSGD(lr=torch.tensor(0.1, requires_grad=True), momentum=0.9)   # a learned rate
+        update = MomentumSGD(0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
     """
 
     lr: Rate
     momentum: Number = 0.9
+    nesterov: bool = False
+    weight_decay: Number = 0.0
+
+    def __post_init__(self) -> None:
+        if self.nesterov and not isinstance(self.momentum, Tensor) and self.momentum <= 0:
+            raise ValueError(f"Nesterov momentum needs a momentum > 0, got {self.momentum}")
 
     def __call__(self, params: Params, grads: Params, loss: Tensor, state: Optional[Params],
                  step: int) -> tuple[Params, Params]:
-        velocity = {name: grads[name] if state is None else state[name] * self.momentum + grads[name]
+        decayed = with_weight_decay(params, grads, self.weight_decay)
+        velocity = {name: decayed[name] if state is None else state[name] * self.momentum + decayed[name]
                     for name in params}
-        return {name: p - rate_of(self.lr, name, step) * velocity[name] for name, p in params.items()}, velocity
+        directions = ({name: decayed[name] + self.momentum * v for name, v in velocity.items()} if self.nesterov
+                      else velocity)
+        return descend(params, directions, self.lr, step), velocity
 
 
 class AdamState(NamedTuple):
@@ -96,17 +132,19 @@ class AdamState(NamedTuple):
 class Adam:
     """Adam (Kingma & Ba 2015) as ``torch.optim.Adam`` computes it, moments starting at zero.
 
-    Reptile's inner optimiser (the paper uses ``betas=(0, 0.999)``).  ``lr`` and ``betas`` may be tensors
-    that require grad.
+    Reptile's inner optimiser (the paper uses ``betas=(0, 0.999)``).  ``lr`` (a number, a tensor or a
+    :data:`StepSize`), ``betas`` and ``weight_decay`` (L2, added to the gradient as ``torch.optim.Adam``
+    does; not AdamW) may be tensors that require grad.
 
     Example::
 
         update = Adam(1e-3, betas=(0.0, 0.999), eps=1e-8)
     """
 
-    lr: Number
+    lr: Rate
     betas: tuple[Number, Number] = (0.9, 0.999)
     eps: float = 1e-8
+    weight_decay: Number = 0.0
 
     def __call__(self, params: Params, grads: Params, loss: Tensor, state: Optional[AdamState],
                  step: int) -> tuple[Params, AdamState]:
@@ -114,13 +152,15 @@ class Adam:
         count = 1 if state is None else state.count + 1
         correction1 = 1 - beta1 ** count
         correction2_sqrt = square_root(1 - beta2 ** count)
+        grads = with_weight_decay(params, grads, self.weight_decay)
         exp_avg, exp_avg_sq, updated = {}, {}, {}
         for name, p in params.items():
             g = grads[name]
             m = (torch.zeros_like(p) if state is None else state.exp_avg[name]) * beta1 + g * (1 - beta1)
             v = (torch.zeros_like(p) if state is None else state.exp_avg_sq[name]) * beta2 + g * g * (1 - beta2)
             exp_avg[name], exp_avg_sq[name] = m, v
-            updated[name] = p - (self.lr / correction1) * m / (v.sqrt() / correction2_sqrt + self.eps)
+            rate = rate_of(self.lr, name, step)
+            updated[name] = p - (rate / correction1) * m / (v.sqrt() / correction2_sqrt + self.eps)
         return updated, AdamState(count, exp_avg, exp_avg_sq)
 
 

@@ -3,8 +3,8 @@
 * ``adapt`` is pure: under ``torch.func.grad``, ``vmap`` and ``jvp`` it gives the loop path's numbers;
 * ``graph`` means what it says (second order, first order with the parameters' graph kept, none);
 * fp16 loss scaling is a no-op on the numbers, and the update sees the unscaled loss;
-* momentum SGD and Adam are ``torch.optim``'s updates, and differentiable in a learned rate (finite
-  differences, float64);
+* SGD, momentum SGD (heavy ball, Nesterov, weight decay) and Adam (with L2 weight decay) follow
+  ``torch.optim``'s trajectories, and are differentiable in a learned rate (finite differences, float64);
 * Reptile's interpolation loss has gradient ``theta - phi``; the per-step example order; the internals helper;
 * a checkpoint saved with the learners' old attribute names (``model.``, ``learner.``) loads.
 """
@@ -181,33 +181,57 @@ def test_supervised_loss_takes_each_steps_batch():
 
 
 # ---------------------------------------------------------------------------------------- update rules
+TORCH_OPTIMS = {
+    "sgd": (SGD(0.05), lambda p: torch.optim.SGD(p, lr=0.05)),
+    "sgd_weight_decay": (SGD(0.05, weight_decay=0.1), lambda p: torch.optim.SGD(p, lr=0.05, weight_decay=0.1)),
+    "momentum": (MomentumSGD(0.05, 0.9), lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9)),
+    "momentum_weight_decay": (MomentumSGD(0.05, 0.9, weight_decay=0.1),
+                              lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, weight_decay=0.1)),
+    "nesterov": (MomentumSGD(0.05, 0.9, nesterov=True),
+                 lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, nesterov=True)),
+    "nesterov_weight_decay": (MomentumSGD(0.05, 0.8, nesterov=True, weight_decay=0.1),
+                              lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.8, nesterov=True, weight_decay=0.1)),
+    "adam": (Adam(0.01, (0.9, 0.99), 1e-6), lambda p: torch.optim.Adam(p, lr=0.01, betas=(0.9, 0.99), eps=1e-6)),
+    "adam_beta1_0": (Adam(0.01, (0.0, 0.999)), lambda p: torch.optim.Adam(p, lr=0.01, betas=(0.0, 0.999))),
+    "adam_weight_decay": (Adam(0.01, weight_decay=0.1), lambda p: torch.optim.Adam(p, lr=0.01, weight_decay=0.1)),
+}
+
+
+@pytest.mark.parametrize("case", list(TORCH_OPTIMS))
+def test_updates_follow_torch_optims_trajectories(case):
+    """20 steps on a float64 regression loss: every point of the trajectory is ``torch.optim``'s."""
+    rule, optimizer = TORCH_OPTIMS[case]
+    params, (x, y, _, _) = start_params(), task(11)
+    support_loss = supervised_loss(forward, x, y, mse)
+    ours = adapt(support_loss, params, 20, rule, "none")
+    leaves = {name: nn.Parameter(v.clone()) for name, v in params.items()}
+    opt = optimizer(list(leaves.values()))
+    for point in ours[1:]:
+        opt.zero_grad()
+        support_loss(leaves, 0).backward()
+        opt.step()
+        for name, leaf in leaves.items():
+            torch.testing.assert_close(point[name], leaf.detach(), rtol=1e-12, atol=1e-14)
+    assert max((ours[-1][k] - params[k]).abs().max().item() for k in params) > 1e-2  # it moved
+
+
 def gradient_sequence(params, steps: int):
     g = torch.Generator().manual_seed(7)
     return [{k: torch.randn(v.shape, generator=g, dtype=v.dtype) for k, v in params.items()} for _ in range(steps)]
 
 
-@pytest.mark.parametrize("rule,optimizer", [
-    (MomentumSGD(0.05, 0.9), lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9)),
-    (Adam(0.01, (0.9, 0.99), 1e-6), lambda p: torch.optim.Adam(p, lr=0.01, betas=(0.9, 0.99), eps=1e-6)),
-    (Adam(0.01, (0.0, 0.999)), lambda p: torch.optim.Adam(p, lr=0.01, betas=(0.0, 0.999))),
-])
-def test_updates_are_torch_optims(rule, optimizer):
+def test_adam_counts_its_steps_and_nesterov_needs_momentum():
     params = start_params()
-    leaves = [nn.Parameter(v.clone()) for v in params.values()]
-    opt = optimizer(leaves)
     state = None
-    for step, grads in enumerate(gradient_sequence(params, 5)):
-        params, state = rule(params, grads, torch.zeros(()), state, step)
-        for leaf, g in zip(leaves, grads.values()):
-            leaf.grad = g.clone()
-        opt.step()
-    for value, leaf in zip(params.values(), leaves):
-        torch.testing.assert_close(value, leaf.detach(), rtol=1e-12, atol=1e-15)
-    if isinstance(rule, Adam):
-        assert isinstance(state, AdamState) and state.count == 5
+    for step, grads in enumerate(gradient_sequence(params, 3)):
+        params, state = Adam(0.01)(params, grads, torch.zeros(()), state, step)
+    assert isinstance(state, AdamState) and state.count == 3
+    with pytest.raises(ValueError, match="Nesterov"):
+        MomentumSGD(0.1, 0.0, nesterov=True)
 
 
-@pytest.mark.parametrize("update", [lambda r: MomentumSGD(r, 0.7), lambda r: Adam(r, (0.8, 0.95))])
+@pytest.mark.parametrize("update", [lambda r: MomentumSGD(r, 0.7), lambda r: MomentumSGD(r, 0.7, True, 0.1),
+                                    lambda r: Adam(r, (0.8, 0.95)), lambda r: Adam(r, (0.8, 0.95), weight_decay=0.1)])
 def test_a_learned_rate_gets_the_finite_difference_gradient(update):
     params, data = start_params(), task(6)
     lr = torch.tensor(0.05, dtype=torch.float64)
