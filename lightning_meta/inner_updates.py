@@ -64,6 +64,18 @@ def with_weight_decay(params: Params, grads: Params, weight_decay: Number) -> Pa
     return {name: g + weight_decay * params[name] for name, g in grads.items()}
 
 
+def sqrt_finite_at_zero(v: Tensor) -> Tensor:
+    """``v.sqrt()`` (the same values) with derivative 0 instead of infinity where ``v`` is 0.
+
+    Adam's second moment is exactly 0 wherever every gradient so far was 0 (an input that is 0 in every
+    example); there ``d sqrt(v)/dv = inf`` meets ``dv/dg = 2 (1 - beta2) g = 0`` and the chain rule gives
+    NaN, which then reaches every hypergradient.  The update's true derivative there is finite: the
+    first moment ``m`` is 0 too, so the denominator's derivative is multiplied by 0 whatever it is.
+    """
+    positive = v > 0
+    return torch.where(positive, torch.where(positive, v, torch.ones_like(v)).sqrt(), torch.zeros_like(v))
+
+
 def descend(params: Params, directions: Params, lr: Rate, step: int) -> Params:
     """``theta - lr * direction`` per parameter, the rate read with :func:`rate_of`."""
     return {name: p - rate_of(lr, name, step) * directions[name] for name, p in params.items()}
@@ -134,7 +146,9 @@ class Adam:
 
     Reptile's inner optimiser (the paper uses ``betas=(0, 0.999)``).  ``lr`` (a number, a tensor or a
     :data:`StepSize`), ``betas`` and ``weight_decay`` (L2, added to the gradient as ``torch.optim.Adam``
-    does; not AdamW) may be tensors that require grad.
+    does; not AdamW) may be tensors that require grad.  Where a gradient has been exactly zero so far,
+    the square root of the second moment is differentiated as 0 (:func:`sqrt_finite_at_zero`), so
+    hypergradients through the update stay finite; the values are ``torch.optim.Adam``'s.
 
     Example::
 
@@ -160,7 +174,7 @@ class Adam:
             v = (torch.zeros_like(p) if state is None else state.exp_avg_sq[name]) * beta2 + g * g * (1 - beta2)
             exp_avg[name], exp_avg_sq[name] = m, v
             rate = rate_of(self.lr, name, step)
-            updated[name] = p - (rate / correction1) * m / (v.sqrt() / correction2_sqrt + self.eps)
+            updated[name] = p - (rate / correction1) * m / (sqrt_finite_at_zero(v) / correction2_sqrt + self.eps)
         return updated, AdamState(count, exp_avg, exp_avg_sq)
 
 

@@ -5,6 +5,8 @@
 * fp16 loss scaling is a no-op on the numbers, and the update sees the unscaled loss;
 * SGD, momentum SGD (heavy ball, Nesterov, weight decay) and Adam (with L2 weight decay) follow
   ``torch.optim``'s trajectories, and are differentiable in a learned rate (finite differences, float64);
+* Adam where a gradient is exactly zero: still ``torch.optim``'s values, finite hypergradients equal to
+  central differences;
 * Reptile's interpolation loss has gradient ``theta - phi``; the per-step example order; the internals helper;
 * a checkpoint saved with the learners' old attribute names (``model.``, ``learner.``) loads.
 """
@@ -197,6 +199,25 @@ TORCH_OPTIMS = {
 }
 
 
+def torch_optim_trajectory(optimizer, params, support_loss, steps: int):
+    """The points ``torch.optim`` visits from ``params`` on ``support_loss`` (the start excluded)."""
+    leaves = {name: nn.Parameter(v.detach().clone()) for name, v in params.items()}
+    opt = optimizer(list(leaves.values()))
+    trajectory = []
+    for _ in range(steps):
+        opt.zero_grad()
+        support_loss(leaves, 0).backward()
+        opt.step()
+        trajectory.append({name: leaf.detach().clone() for name, leaf in leaves.items()})
+    return trajectory
+
+
+def assert_same_trajectory(ours, reference):
+    for point, expected in zip(ours, reference, strict=True):
+        for name, value in expected.items():
+            torch.testing.assert_close(point[name].detach(), value, rtol=1e-12, atol=1e-14)
+
+
 @pytest.mark.parametrize("case", list(TORCH_OPTIMS))
 def test_updates_follow_torch_optims_trajectories(case):
     """20 steps on a float64 regression loss: every point of the trajectory is ``torch.optim``'s."""
@@ -204,15 +225,55 @@ def test_updates_follow_torch_optims_trajectories(case):
     params, (x, y, _, _) = start_params(), task(11)
     support_loss = supervised_loss(forward, x, y, mse)
     ours = adapt(support_loss, params, 20, rule, "none")
-    leaves = {name: nn.Parameter(v.clone()) for name, v in params.items()}
-    opt = optimizer(list(leaves.values()))
-    for point in ours[1:]:
-        opt.zero_grad()
-        support_loss(leaves, 0).backward()
-        opt.step()
-        for name, leaf in leaves.items():
-            torch.testing.assert_close(point[name], leaf.detach(), rtol=1e-12, atol=1e-14)
+    assert_same_trajectory(ours[1:], torch_optim_trajectory(optimizer, params, support_loss, 20))
     assert max((ours[-1][k] - params[k]).abs().max().item() for k in params) > 1e-2  # it moved
+
+
+def zero_input_task():
+    """A task whose first input is 0 in every example (like digits' border pixels): the gradient of the
+    first layer's weights on that input is exactly zero at every step, and so is Adam's second moment."""
+    support_x, support_y, query_x, query_y = task(12)
+    support_x[:, 0] = 0.0
+    query_x[:, 0] = 0.0
+    return support_x, support_y, query_x, query_y
+
+
+def adam_query_loss(params, lr, beta1, beta2, support_x, support_y, query_x, query_y, steps=4):
+    support_loss = supervised_loss(forward, support_x, support_y, mse)
+    trajectory = adapt(support_loss, params, steps, Adam(lr, (beta1, beta2), eps=1e-8), "second_order")
+    return mse(forward(trajectory[-1], query_x), query_y), trajectory
+
+
+def test_adam_with_an_exactly_zero_gradient_has_finite_hypergradients():
+    """d sqrt(v)/dv is infinite at v = 0: a naive differentiable Adam gives NaN for the weights of an
+    always-zero input, and NaN spreads to the rate and the betas.  Forward: still ``torch.optim.Adam``'s
+    numbers; backward: finite, and the central differences of the unrolled objective."""
+    params, data = start_params(), zero_input_task()
+    hyper = [torch.tensor(value, dtype=torch.float64) for value in (0.02, 0.6, 0.9)]
+    leaves = {k: v.clone().requires_grad_() for k, v in params.items()}
+    rates = [h.clone().requires_grad_() for h in hyper]
+    loss, trajectory = adam_query_loss(leaves, *rates, *data)
+    assert torch.equal(trajectory[1]["0.weight"][:, 0], params["0.weight"][:, 0])  # the zero-gradient weights
+    support_loss = supervised_loss(forward, data[0], data[1], mse)
+    optimizer = lambda p: torch.optim.Adam(p, lr=0.02, betas=(0.6, 0.9), eps=1e-8)  # noqa: E731
+    assert_same_trajectory(trajectory[1:], torch_optim_trajectory(optimizer, params, support_loss, 4))
+
+    grads = torch.autograd.grad(loss, [*leaves.values(), *rates])
+    assert all(torch.isfinite(g).all() for g in grads)
+    objective = lambda p, *h: adam_query_loss(p, *h, *data)[0].item()  # noqa: E731
+    eps = 1e-6
+    for i, analytic in enumerate(grads[len(leaves):]):  # lr, beta1, beta2
+        plus, minus = list(hyper), list(hyper)
+        plus[i], minus[i] = hyper[i] + eps, hyper[i] - eps
+        numeric = (objective(params, *plus) - objective(params, *minus)) / (2 * eps)
+        assert abs(analytic.item()) > 1e-5
+        assert abs(analytic.item() - numeric) <= 1e-6 * max(1.0, abs(numeric)), (i, analytic.item(), numeric)
+    g = torch.Generator().manual_seed(13)
+    direction = {k: torch.randn(v.shape, generator=g, dtype=v.dtype) for k, v in params.items()}
+    analytic = sum((grad * direction[k]).sum() for k, grad in zip(leaves, grads)).item()
+    shifted = lambda sign: {k: v + sign * eps * direction[k] for k, v in params.items()}  # noqa: E731
+    numeric = (objective(shifted(1), *hyper) - objective(shifted(-1), *hyper)) / (2 * eps)
+    assert abs(analytic - numeric) <= 1e-6 * max(1.0, abs(numeric)), (analytic, numeric)
 
 
 def gradient_sequence(params, steps: int):
