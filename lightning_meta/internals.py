@@ -103,6 +103,43 @@ def save_last_checkpoint(callback: "ModelCheckpoint", trainer: "pl.Trainer") -> 
     callback._save_last_checkpoint(trainer, callback._monitor_candidates(trainer))
 
 
+def saved_at_this_step(callback: "ModelCheckpoint", trainer: "pl.Trainer") -> bool:
+    """Whether a ``ModelCheckpoint`` has written a checkpoint at the trainer's current global step.
+
+    Why: the callback records it only in the private ``_last_global_step_saved`` (its own saves at
+    validation and epoch ends as well as ours).
+    """
+    return callback._last_global_step_saved == trainer.global_step
+
+
+def restarted_after_epoch_end(trainer: "pl.Trainer") -> bool:
+    """Whether this fit resumed from a checkpoint written after an epoch's last batch (at its end).
+
+    Why: Lightning records the restart stage only on its private training-epoch loop.
+    """
+    return trainer.fit_loop.epoch_loop.restarted_on_last
+
+
+def batches_trained(trainer: "pl.Trainer") -> int:
+    """Training batches completed in this run so far, over all epochs and resumes.
+
+    Why: Lightning counts them on its private training-epoch loop's ``batch_progress``.
+    """
+    return trainer.fit_loop.epoch_loop.batch_progress.total.completed
+
+
+def set_logging_step(trainer: "pl.Trainer", step: int) -> None:
+    """Set the step the loggers write the next training row at.
+
+    Why: Lightning keeps it as ``_batches_that_stepped`` on its private training-epoch loop.  Resumed from an
+    epoch's end, that loop counts one batch that never ran (``advance`` returns early to skip the validation
+    already done, ``on_advance_end`` still increments) on top of a count that the checkpoint took either
+    before (after the validation) or after (at the epoch's end) the last batch was counted, so
+    :class:`~lightning_meta.callbacks.BestCheckpoint` sets it to :func:`batches_trained` before the first batch.
+    """
+    trainer.fit_loop.epoch_loop._batches_that_stepped = step
+
+
 def drop_deprecated_wandb_setting(logger: "WandbLogger") -> None:
     """Remove ``anonymous=None`` from a ``WandbLogger``'s pending ``wandb.init`` arguments.
 

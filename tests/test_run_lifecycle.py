@@ -55,7 +55,8 @@ def stop_step(run: Path) -> int:
 
 
 @pytest.mark.parametrize("stop,workers", [
-    (["--trainer.max_steps", "3"], 0),                # mid-epoch, before the first validation
+    (["--trainer.max_steps", "4"], 0),                # an epoch's last step, then its validation (the first)
+    (["--trainer.max_epochs", "2"], 0),               # training done at an epoch's end, then continued
     (["--trainer.max_steps", "6"], 2),                # mid-epoch, after a validation; 2 loader workers
     (["--trainer.max_time", "00:00:00:01"], 0),       # the default job's way of stopping
 ])

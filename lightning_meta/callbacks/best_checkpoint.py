@@ -13,7 +13,14 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.utilities import rank_zero_warn
 from torch import Tensor
 
-from lightning_meta.internals import save_best_checkpoint, save_last_checkpoint
+from lightning_meta.internals import (
+    batches_trained,
+    restarted_after_epoch_end,
+    save_best_checkpoint,
+    save_last_checkpoint,
+    saved_at_this_step,
+    set_logging_step,
+)
 
 # Lightning 2.6 warns that step checkpoints under manual optimisation hold the state *after* the
 # optimizer step.  That is the state a resumed run must continue from (global_step counts it).
@@ -35,7 +42,12 @@ class BestCheckpoint(ModelCheckpoint):
       last validation, and after a mid-epoch stop records the epoch as finished.)
     * paths are absolute, and a run folder resumed under another path (moved, or mounted
       elsewhere) keeps its best score and ``best.ckpt``;
-    * a validation score that is not finite never becomes the best checkpoint (a warning says so).
+    * a validation score that is not finite never becomes the best checkpoint (a warning says so);
+    * resumed from an epoch's end, the loggers' steps continue as in an uninterrupted run.
+
+    Not exact: resuming from a checkpoint of an epoch's end at which no validation ran
+    (``check_val_every_n_epoch`` > 1, ``limit_val_batches: 0``).  Lightning then starts the resumed epoch
+    by fetching one more batch; the shipped configs validate at every epoch's end.
 
     Other arguments are those of ``ModelCheckpoint`` (``dirpath``, ``every_n_train_steps``, ...).
 
@@ -51,6 +63,7 @@ class BestCheckpoint(ModelCheckpoint):
         super().__init__(monitor=monitor or "val/acc", mode=mode, **kwargs)
         self.automatic_monitor = monitor is None
         self._stopped_mid_epoch = False
+        self._repair_logging_step = False  # resumed from an epoch's end: set the loggers' step at the first batch
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         resolve = getattr(pl_module, "resolve_selection", None)
@@ -61,6 +74,19 @@ class BestCheckpoint(ModelCheckpoint):
         super().setup(trainer, pl_module, stage)
         if self.dirpath is not None:
             self.dirpath = os.path.realpath(self.dirpath)
+
+    # ------------------------------------------------------------------ resuming from an epoch's end
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._repair_logging_step = restarted_after_epoch_end(trainer)
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        # Resumed from a checkpoint written at an epoch's end, Lightning's epoch loop finishes that epoch without a
+        # batch yet counts one for the loggers, whether the checkpoint already counted the last batch (saved at
+        # the epoch's end) or not (saved after its validation): rows would be logged a step late or early.
+        if self._repair_logging_step:
+            set_logging_step(trainer, batches_trained(trainer))
+            self._repair_logging_step = False
 
     # ------------------------------------------------------------------ last.ckpt whenever training stops
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
@@ -81,7 +107,11 @@ class BestCheckpoint(ModelCheckpoint):
             self.write_last(trainer)  # a validation after the last step: keep its best score in last.ckpt
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not self._stopped_mid_epoch:  # after a mid-epoch stop, the state at that batch is the one to keep
+        # Only when no checkpoint holds this step yet.  After a mid-epoch stop the state at that batch is the
+        # one to keep; after an epoch's last step the one written at that step or its validation is: by now
+        # the fit loop has counted the epoch as completed, and Lightning's restart logic, which expects a
+        # checkpoint from inside the epoch, would count it a second time and skip an epoch of data.
+        if not self._stopped_mid_epoch and not saved_at_this_step(self, trainer):
             self.write_last(trainer)
 
     def write_last(self, trainer: pl.Trainer) -> None:
