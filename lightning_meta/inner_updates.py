@@ -30,8 +30,8 @@ from typing import Any, Callable, Literal, Mapping, NamedTuple, Optional, Union
 import torch
 from torch import Tensor, nn
 
-from lightning_meta.errors import MODEL_ARGS, require_choice
-from lightning_meta.inner_loop import Params
+from lightning_meta.errors import MODEL_ARGS, ConfigurationError, require_choice, require_positive
+from lightning_meta.inner_loop import Params, Update
 
 #: a step size per parameter name and inner step: ``step_size(name, step) -> rate``
 StepSize = Callable[[str, int], Union[Tensor, float]]
@@ -39,7 +39,7 @@ StepSize = Callable[[str, int], Union[Tensor, float]]
 Rate = Union[float, Tensor, StepSize]
 Number = Union[float, Tensor]
 
-StepSizeKind = Literal["fixed", "per_parameter", "per_layer_per_step"]
+StepSizeKind = Literal["fixed", "scalar", "per_layer", "per_step", "per_parameter", "per_layer_per_step"]
 
 
 def rate_of(rate: Rate, name: str, step: int) -> Union[Tensor, float]:
@@ -106,6 +106,8 @@ class MomentumSGD:
     With ``d_t = grad_t + weight_decay * theta_t``, the state is the velocity ``v_t = momentum * v_{t-1} + d_t``
     (``v_1 = d_1``) and the update ``theta - lr * v_t``, or with ``nesterov=True``
     ``theta - lr * (d_t + momentum * v_t)`` (Sutskever et al. 2013's form, as ``torch.optim`` has it).
+    ``momentum``, like ``lr``, may be a number, a tensor or a :data:`StepSize` (learned momenta per tensor
+    or step, :class:`StepSizes`).
 
     Example::
 
@@ -114,21 +116,23 @@ class MomentumSGD:
     """
 
     lr: Rate
-    momentum: Number = 0.9
+    momentum: Rate = 0.9
     nesterov: bool = False
     weight_decay: Number = 0.0
 
     def __post_init__(self) -> None:
-        if self.nesterov and not isinstance(self.momentum, Tensor) and self.momentum <= 0:
+        if (self.nesterov and not isinstance(self.momentum, Tensor) and not callable(self.momentum)
+                and self.momentum <= 0):
             raise ValueError(f"Nesterov momentum needs a momentum > 0, got {self.momentum}")
 
     def __call__(self, params: Params, grads: Params, loss: Tensor, state: Optional[Params],
                  step: int) -> tuple[Params, Params]:
         decayed = with_weight_decay(params, grads, self.weight_decay)
-        velocity = {name: decayed[name] if state is None else state[name] * self.momentum + decayed[name]
-                    for name in params}
-        directions = ({name: decayed[name] + self.momentum * v for name, v in velocity.items()} if self.nesterov
-                      else velocity)
+        momentum = self.momentum
+        velocity = {name: decayed[name] if state is None
+                    else state[name] * rate_of(momentum, name, step) + decayed[name] for name in params}
+        directions = ({name: decayed[name] + rate_of(momentum, name, step) * v for name, v in velocity.items()}
+                      if self.nesterov else velocity)
         return descend(params, directions, self.lr, step), velocity
 
 
@@ -178,18 +182,71 @@ class Adam:
         return updated, AdamState(count, exp_avg, exp_avg_sq)
 
 
-class StepSizes(nn.Module):
-    """Inner-loop step sizes of :class:`SGD`, fixed or meta-learned.
+#: the inner optimizers a learner names in its ``inner_optimizer`` argument (MAML family, Reptile)
+InnerOptimizer = Literal["sgd", "momentum", "nesterov", "adam"]
 
-    * ``"fixed"``: one scalar ``init`` (MAML); no parameters.
+
+def check_inner_optimizer(optimizer: Any, momentum: Any = 0.9, betas: Any = (0.9, 0.999), eps: Any = 1e-8,
+                          weight_decay: Any = 0.0, prefix: str = MODEL_ARGS) -> tuple[float, float]:
+    """Check a learner's ``inner_optimizer``, ``inner_momentum``, ``inner_betas``, ``inner_eps`` and
+    ``inner_weight_decay`` arguments (field names ``{prefix}inner_...``); a bad one raises a one-line
+    :class:`~lightning_meta.errors.ConfigurationError` naming it.  Returns the betas as two floats."""
+    require_choice(prefix + "inner_optimizer", optimizer, InnerOptimizer)
+    if not (isinstance(momentum, (int, float)) and not isinstance(momentum, bool) and 0 <= momentum < 1):
+        raise ConfigurationError(f"{prefix}inner_momentum={momentum!r} is invalid: it must be a number in [0, 1)")
+    if optimizer == "nesterov" and momentum == 0:
+        raise ConfigurationError(f"{prefix}inner_momentum=0 is invalid with {prefix}inner_optimizer=nesterov: "
+                                 "Nesterov momentum needs a momentum in (0, 1)")
+    pair = tuple(betas) if isinstance(betas, (list, tuple)) else ()
+    if len(pair) != 2 or not all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1
+                                 for b in pair):
+        raise ConfigurationError(
+            f"{prefix}inner_betas={betas!r} is invalid: give two numbers in [0, 1), e.g. [0.0, 0.999]")
+    require_positive(prefix + "inner_eps", eps, integer=False)
+    require_positive(prefix + "inner_weight_decay", weight_decay, allow_zero=True, integer=False)
+    return float(pair[0]), float(pair[1])
+
+
+def inner_optimizer_rule(optimizer: InnerOptimizer, lr: Rate, momentum: Rate = 0.9,
+                         betas: tuple[Number, Number] = (0.9, 0.999), eps: float = 1e-8,
+                         weight_decay: Number = 0.0) -> Update:
+    """The update rule an ``inner_optimizer`` names: :class:`SGD`, :class:`MomentumSGD` (``"momentum"``,
+    ``"nesterov"``) or :class:`Adam`, each with ``weight_decay``; ``lr`` (and the momentum) may be a
+    :data:`StepSize` of learned rates.  The arguments a rule does not take are ignored.
+
+    Example::
+
+        inner_optimizer_rule("nesterov", 0.1, momentum=0.9)      # MomentumSGD(0.1, 0.9, nesterov=True)
+        inner_optimizer_rule("adam", 1e-3, betas=(0.0, 0.999))   # Reptile's
+    """
+    if optimizer == "sgd":
+        return SGD(lr, weight_decay)
+    if optimizer in ("momentum", "nesterov"):
+        return MomentumSGD(lr, momentum, optimizer == "nesterov", weight_decay)
+    if optimizer == "adam":
+        return Adam(lr, betas, eps, weight_decay)
+    require_choice("inner_optimizer", optimizer, InnerOptimizer)
+    raise AssertionError("unreachable")
+
+
+class StepSizes(nn.Module):
+    """Inner-loop step sizes (rates, or momenta) of the update rules, fixed or meta-learned.
+
+    * ``"fixed"``: one number ``init`` (MAML); no parameters.
+    * ``"scalar"``: one learned scalar shared by every adapted tensor and step.
+    * ``"per_layer"``: a learned scalar per adapted parameter tensor, shared by all steps.
+    * ``"per_step"``: a learned scalar per inner step, shared by all adapted tensors.
     * ``"per_parameter"``: a learned tensor shaped like each adapted parameter, shared by all
       steps (Meta-SGD, Li et al. 2017).
     * ``"per_layer_per_step"``: a learned scalar per adapted parameter tensor and step (MAML++
-      "LSLR", Antoniou et al. 2019).  Steps beyond the trained ones reuse the last rate.
+      "LSLR", Antoniou et al. 2019).
 
-    The learned rates are ordinary parameters of the meta-learner (``step_sizes.rates.{i}``), so the
-    outer optimizer, DDP and checkpoints treat them like the weights.  Inside ``vmap`` they are passed
-    in functionally: :meth:`bind` turns a dict of their current values into a :data:`StepSize`.
+    Steps beyond the trained ones (``test_inner_steps > inner_steps``) reuse the last step's rate.
+    The learned rates are ordinary parameters of the meta-learner (``step_sizes.rates.{i}``: one entry
+    per adapted tensor, or a single entry ``rates.0`` for ``scalar`` and ``per_step``), so the outer
+    optimizer, DDP and checkpoints treat them like the weights.  Inside ``vmap`` they are passed in
+    functionally: :meth:`bind` turns a dict of their current values into a :data:`StepSize`.  ``field``
+    names the argument in errors.
 
     Example::
 
@@ -197,9 +254,10 @@ class StepSizes(nn.Module):
         update = SGD(sizes.bind(dict(sizes.named_parameters())))
     """
 
-    def __init__(self, shapes: Mapping[str, torch.Size], steps: int, init: float, kind: StepSizeKind = "fixed"):
+    def __init__(self, shapes: Mapping[str, torch.Size], steps: int, init: float, kind: StepSizeKind = "fixed",
+                 field: str = MODEL_ARGS + "step_sizes"):
         super().__init__()
-        require_choice(MODEL_ARGS + "step_sizes", kind, StepSizeKind)
+        require_choice(field, kind, StepSizeKind)
         self.kind = kind
         self.init = float(init)
         self.index = {name: i for i, name in enumerate(shapes)}
@@ -207,6 +265,12 @@ class StepSizes(nn.Module):
             rates = [torch.full(tuple(shape), self.init) for shape in shapes.values()]
         elif kind == "per_layer_per_step":
             rates = [torch.full((steps,), self.init) for _ in shapes]
+        elif kind == "per_layer":
+            rates = [torch.full((), self.init) for _ in shapes]
+        elif kind == "per_step":
+            rates = [torch.full((steps,), self.init)]
+        elif kind == "scalar":
+            rates = [torch.full((), self.init)]
         else:
             rates = []
         self.rates = nn.ParameterList([nn.Parameter(r) for r in rates])
@@ -222,6 +286,10 @@ class StepSizes(nn.Module):
             return lambda name, step: self.init
         values = values if values is not None else dict(self.named_parameters())
         rates = [values[f"rates.{i}"] for i in range(len(self.rates))]
-        if self.kind == "per_parameter":
+        if self.kind in ("per_parameter", "per_layer"):
             return lambda name, step: rates[self.index[name]]
+        if self.kind == "scalar":
+            return lambda name, step: rates[0]
+        if self.kind == "per_step":
+            return lambda name, step: rates[0][min(step, rates[0].shape[0] - 1)]
         return lambda name, step: rates[self.index[name]][min(step, rates[self.index[name]].shape[0] - 1)]

@@ -8,7 +8,9 @@
 * Adam where a gradient is exactly zero: still ``torch.optim``'s values, finite hypergradients equal to
   central differences;
 * Reptile's interpolation loss has gradient ``theta - phi``; the per-step example order; the internals helper;
-* a checkpoint saved with the learners' old attribute names (``model.``, ``learner.``) loads.
+* a checkpoint saved with the learners' old attribute names (``model.``, ``learner.``) loads;
+* ``StepSizes``: each kind's shapes and rates, its meta-gradient equal to central differences, Meta-SGD's and
+  MAML++'s meta-gradients bit-identical to the formula before the new kinds, a bad kind's one-line error.
 """
 
 from __future__ import annotations
@@ -17,16 +19,19 @@ import copy
 
 import pytest
 import torch
+import torch.nn.functional as F
 from meta_helpers import quiet_trainer, random_classification_batch
-from torch import nn
+from torch import Tensor, nn
 from torch.func import functional_call, grad, jvp, vmap
 from torch.utils.data import DataLoader
 
 from lightning_meta import MAML
 from lightning_meta.algorithms.meta_lstm import MetaLearnerLSTM
+from lightning_meta.algorithms.meta_sgd import MetaSGD
 from lightning_meta.algorithms.reptile import Reptile
 from lightning_meta.inner_loop import adapt, example_order, interpolation_loss, supervised_loss
-from lightning_meta.inner_updates import SGD, Adam, AdamState, MomentumSGD
+from lightning_meta.errors import ConfigurationError
+from lightning_meta.inner_updates import SGD, Adam, AdamState, MomentumSGD, StepSizes
 from lightning_meta.internals import inside_functorch_transform
 from lightning_meta.models import MLP, Conv4
 
@@ -359,3 +364,127 @@ def test_a_checkpoint_with_the_old_attribute_name_loads(tmp_path, make, old):
     with torch.enable_grad():
         expected, loaded_after = model.evaluate_batch(batch)[0], loaded.evaluate_batch(copy.deepcopy(batch))[0]
     assert torch.equal(loaded_after, expected)
+
+
+# ---------------------------------------------------------------------------------------- StepSizes kinds
+SHAPES = {name: p.shape for name, p in NET.named_parameters()}  # 0.weight [6, 2], 0.bias [6], 2.weight, 2.bias
+STEPS = 3
+KIND_SHAPES = {
+    "fixed": [],
+    "scalar": [()],
+    "per_layer": [(), (), (), ()],
+    "per_step": [(STEPS,)],
+    "per_parameter": [(6, 2), (6,), (1, 6), (1,)],
+    "per_layer_per_step": [(STEPS,)] * 4,
+}
+
+
+@pytest.mark.parametrize("kind", list(KIND_SHAPES))
+def test_each_step_size_kind_has_its_shapes_and_rates(kind):
+    sizes = StepSizes(SHAPES, steps=STEPS, init=0.1, kind=kind)
+    assert [tuple(p.shape) for _, p in sizes.named_parameters()] == KIND_SHAPES[kind]
+    assert [name for name, _ in sizes.named_parameters()] == [f"rates.{i}" for i in range(len(KIND_SHAPES[kind]))]
+    assert sizes.learned == (kind != "fixed")
+    values = {name: torch.arange(p.numel(), dtype=torch.float64).reshape(p.shape) + 1 + 10 * i
+              for i, (name, p) in enumerate(sizes.named_parameters())}
+    rate = sizes.bind(values)
+    for name in SHAPES:
+        for step in range(STEPS + 2):  # steps beyond the trained ones reuse the last
+            value = rate(name, step)
+            layer, last = list(SHAPES).index(name), min(step, STEPS - 1)
+            expected = {"fixed": 0.1, "scalar": 1.0, "per_layer": 1.0 + 10 * layer, "per_step": 1.0 + last,
+                        "per_parameter": values.get(f"rates.{layer}"),
+                        "per_layer_per_step": 1.0 + 10 * layer + last}[kind]
+            if isinstance(expected, Tensor):
+                assert value is expected
+            else:
+                assert float(value) == expected, (name, step)
+
+
+def step_size_query_loss(values, sizes, params, support_x, support_y, query_x, query_y, update=SGD):
+    support_loss = supervised_loss(forward, support_x, support_y, mse)
+    final = adapt(support_loss, params, STEPS, update(sizes.bind(values)), "second_order")[-1]
+    return mse(forward(final, query_x), query_y)
+
+
+@pytest.mark.parametrize("kind", [k for k in KIND_SHAPES if k != "fixed"])
+def test_each_learned_kind_gets_the_central_difference_meta_gradient(kind):
+    """float64, 3 second-order SGD steps, rates spread around 0.1 so that every entry differs: the
+    meta-gradient of the query loss w.r.t. the rates (and the initial weights) equals central differences
+    of the unrolled objective along random directions."""
+    sizes = StepSizes(SHAPES, steps=STEPS, init=0.1, kind=kind).double()
+    g = torch.Generator().manual_seed(3)
+    values = {name: p.detach() * (1 + 0.3 * torch.rand(p.shape, generator=g, dtype=p.dtype))
+              for name, p in sizes.named_parameters()}
+    params, data = start_params(), task(4)
+    rates = {name: v.clone().requires_grad_() for name, v in values.items()}
+    leaves = {name: v.clone().requires_grad_() for name, v in params.items()}
+    loss = step_size_query_loss(rates, sizes, leaves, *data)
+    analytic = torch.autograd.grad(loss, [*rates.values(), *leaves.values()])
+    directions = [torch.randn(v.shape, generator=g, dtype=v.dtype) for v in [*values.values(), *params.values()]]
+    eps, worst = 1e-6, 0.0
+    for which in ("rates", "weights"):
+        chosen = range(len(values)) if which == "rates" else range(len(values), len(directions))
+        along = sum((analytic[i] * directions[i]).sum() for i in chosen).item()
+
+        def shifted(sign):
+            moved = [v + sign * eps * directions[i] if i in chosen else v
+                     for i, v in enumerate([*values.values(), *params.values()])]
+            return step_size_query_loss(dict(zip(values, moved[:len(values)])), sizes,
+                                        dict(zip(params, moved[len(values):])), *data).item()
+
+        numeric = (shifted(1) - shifted(-1)) / (2 * eps)
+        assert abs(along) > 1e-4, (which, along)
+        worst = max(worst, abs(along - numeric) / abs(numeric))
+    assert worst <= 1e-7, worst
+
+
+def unchanged_meta_sgd_formula(model, support_x, support_y, query_x, query_y, rate):
+    """The meta-loss of Meta-SGD / MAML++ as the code before the added kinds computed it, written out:
+    ``theta - rate(name, step) * grad`` for each step, gradients with ``create_graph``, then the query loss."""
+    fast = {name[len("backbone."):]: p for name, p in model.named_parameters() if name.startswith("backbone.")}
+    for step in range(model.inner_steps):
+        with torch.enable_grad():
+            inputs = {n: p if p.requires_grad else p.detach().requires_grad_() for n, p in fast.items()}
+            value = F.cross_entropy(functional_call(model.backbone, inputs, (support_x,)), support_y) * 1.0
+            grads = dict(zip(inputs, torch.autograd.grad(value, list(inputs.values()), create_graph=True)))
+        fast = {n: p - rate(n, step) * grads[n] for n, p in inputs.items()}
+    return F.cross_entropy(functional_call(model.backbone, fast, (query_x,)), query_y)
+
+
+@pytest.mark.parametrize("make,rate", [
+    (lambda: MetaSGD(MLP(4, 3, (8,)), inner_lr=0.1, inner_steps=2),
+     lambda rates, index: lambda name, step: rates[index[name]]),
+    (lambda: MAML(MLP(4, 3, (8,)), inner_lr=0.1, inner_steps=3, step_sizes="per_layer_per_step"),
+     lambda rates, index: lambda name, step: rates[index[name]][min(step, rates[index[name]].shape[0] - 1)]),
+])
+def test_meta_sgd_and_maml_plus_plus_meta_gradients_are_bit_identical_to_the_unchanged_formula(make, rate):
+    torch.manual_seed(0)
+    model = make().double()
+    with torch.no_grad():  # rates that differ per entry
+        for p in model.step_sizes.parameters():
+            p.mul_(1 + 0.5 * torch.rand_like(p))
+    batch = random_classification_batch(1, 3, 2, 2, (4,), seed=1)
+    task_ = [t[0].double() if t.is_floating_point() else t[0] for t in batch.tensors()]
+    params = dict(model.named_parameters())
+    ours = torch.autograd.grad(model.training_objective(params, *task_)[0], list(params.values()))
+    rates = list(model.step_sizes.rates)
+    reference = torch.autograd.grad(
+        unchanged_meta_sgd_formula(model, *task_, rate(rates, model.step_sizes.index)), list(params.values()))
+    assert sorted(params)[-1].startswith("step_sizes.rates.")
+    for name, a, b in zip(params, ours, reference, strict=True):
+        assert torch.equal(a, b), name
+        assert a.abs().sum() > 0, name
+
+
+@pytest.mark.parametrize("make", [
+    lambda: StepSizes(SHAPES, steps=2, init=0.1, kind="per_weight"),
+    lambda: MAML(MLP(4, 3, (8,)), step_sizes="per_weight"),
+])
+def test_a_bad_step_size_kind_is_a_one_line_error_naming_the_field(make):
+    with pytest.raises(ConfigurationError) as error:
+        make()
+    message = str(error.value)
+    assert "\n" not in message
+    assert message.startswith("model.init_args.step_sizes='per_weight' is unknown: choose one of fixed, scalar, "
+                              "per_layer, per_step, per_parameter, per_layer_per_step")
