@@ -17,7 +17,8 @@ from torch.utils.data import DataLoader
 from lightning_meta import ConfigurationError, NpzDataModule, SinusoidDataModule
 from lightning_meta.algorithms.reptile import INNER_BATCH_SEED, Reptile
 from lightning_meta.data.episodes import episode_generator
-from lightning_meta.inner_loop import example_order
+from lightning_meta.inner_loop import adapt, example_order, supervised_loss
+from lightning_meta.inner_updates import SGD, Adam, MomentumSGD
 from lightning_meta.models import MLP, Conv4
 
 def small_conv(ways: int = 3, **kwargs) -> Conv4:
@@ -159,6 +160,34 @@ def test_without_batchnorm_the_flag_changes_nothing():
     torch.testing.assert_close(outputs[0], outputs[1])
 
 
+@pytest.mark.parametrize("inner_optimizer,before", [
+    ("sgd", lambda: SGD(0.1)),
+    ("adam", lambda: Adam(0.1, (0.0, 0.999), 1e-8)),
+])
+def test_the_inner_updates_are_bit_identical_to_the_rules_reptile_built_before(inner_optimizer, before):
+    """Reptile builds its rule with the factory MAML shares (``inner_optimizer_rule``); before, it built
+    ``SGD(inner_lr)`` or ``Adam(inner_lr, inner_betas, inner_eps)`` itself: the same points, bit for bit."""
+    torch.manual_seed(0)
+    model = Reptile(MLP(4, 3, (8,)), inner_optimizer=inner_optimizer, inner_lr=0.1, inner_steps=4,
+                    inner_batch_size=3).double()
+    batch = random_classification_batch(1, 3, 2, 2, (4,), seed=2)
+    x, y = batch.support_x[0].double(), batch.support_y[0]
+    theta = {name: p.detach() for name, p in model.backbone.named_parameters()}
+    order = example_order(x.shape[0], 4, 3, torch.Generator().manual_seed(0))
+    ours = model.adapt(theta, x, y, order, 4)
+    support_loss = supervised_loss(model.forward_fn(), x, y, model.inner_loss, order.reshape(4, -1))
+    reference = adapt(support_loss, theta, 4, before(), "none")[-1]
+    for name, value in reference.items():
+        assert torch.equal(ours[name], value), name
+        assert not torch.equal(ours[name], theta[name]), name
+
+
+def test_reptile_takes_momentum_and_nesterov_from_the_shared_factory():
+    rule = Reptile(MLP(1, 1, (4,)), inner_optimizer="nesterov", inner_momentum=0.5, inner_weight_decay=0.1,
+                   inner_lr=0.1).inner_update({})
+    assert isinstance(rule, MomentumSGD) and rule.nesterov and rule.momentum == 0.5 and rule.weight_decay == 0.1
+
+
 # ---------------------------------------------------------------------------------------- bad arguments
 @pytest.mark.parametrize("kwargs,field", [
     ({"inner_lr": 0.0}, "inner_lr"),
@@ -169,6 +198,9 @@ def test_without_batchnorm_the_flag_changes_nothing():
     ({"inner_optimizer": "rmsprop"}, "inner_optimizer"),
     ({"inner_betas": (0.9, 1.0)}, "inner_betas"),
     ({"inner_betas": (0.9,)}, "inner_betas"),
+    ({"inner_optimizer": "momentum", "inner_momentum": 1.0}, "inner_momentum"),
+    ({"inner_weight_decay": -0.1}, "inner_weight_decay"),
+    ({"inner_eps": 0.0}, "inner_eps"),
     ({"outer_lr": -1.0}, "outer_lr"),
     ({"outer_lr_final": -0.1}, "outer_lr_final"),
     ({"outer_lr_final": 2.0}, "outer_lr_final"),

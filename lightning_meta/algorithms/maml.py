@@ -20,16 +20,23 @@ from lightning_meta.inner_loop import (
     sub_params,
     supervised_loss,
 )
-from lightning_meta.inner_updates import SGD, StepSizeKind, StepSizes
+from lightning_meta.inner_updates import (
+    InnerOptimizer,
+    StepSizeKind,
+    StepSizes,
+    check_inner_optimizer,
+    inner_optimizer_rule,
+)
 from lightning_meta.models.backbone import build_module
 
 
 class MAML(MetaLearner):
     """Model-Agnostic Meta-Learning: learn an initialisation that adapts in a few gradient steps.
 
-    Each task adapts the backbone with ``inner_steps`` steps of SGD (``inner_lr``) on its support
-    set; the meta-loss is the adapted model's loss on the query set, differentiated through the
-    adaptation (second order) or not (``first_order=True``, FOMAML).  Evaluation adapts with
+    Each task adapts the backbone with ``inner_steps`` steps of SGD (``inner_lr``; or momentum SGD,
+    Nesterov, Adam: ``inner_optimizer``) on its support set; the meta-loss is the adapted model's loss
+    on the query set, differentiated through the adaptation (second order) or not
+    (``first_order=True``, FOMAML).  Evaluation adapts with
     ``test_inner_steps`` steps from the meta-learned weights and reports the query accuracy (or
     MSE) before and after adaptation.
 
@@ -38,16 +45,31 @@ class MAML(MetaLearner):
     ``multi_step_loss_epochs``), ``first_order_epochs`` (first-order for the first epochs).
     BatchNorm in the backbone uses the statistics of each batch, as MAML does.
 
+    Inner optimizers: ``inner_optimizer="momentum"``/``"nesterov"`` (``inner_momentum``) or ``"adam"``
+    (``inner_betas``, ``inner_eps``), each with L2 ``inner_weight_decay``, as ``torch.optim`` computes them
+    (:mod:`lightning_meta.inner_updates`); the meta-gradient goes through the chosen update (second order
+    unless ``first_order``), optimizer state fresh for every task.  Learned rates (``step_sizes``) work with
+    every optimizer; learned momenta (``momentum_sizes``) with ``momentum`` and ``nesterov``.
+
     Args:
         backbone: the learner, e.g. ``Conv4`` or ``MLP`` (or a ``{"class_path", "init_args"}`` dict).
         inner_lr: inner-loop step size (initial value when learned).
         inner_steps: inner-loop steps in meta-training.
         test_inner_steps: inner-loop steps at validation and test (default: ``inner_steps``).
         first_order: drop second-order terms of the meta-gradient (FOMAML).
-        step_sizes: ``"fixed"``, ``"per_parameter"`` (Meta-SGD) or ``"per_layer_per_step"`` (MAML++).
+        step_sizes: ``"fixed"`` (``inner_lr``), or learned rates initialised to ``inner_lr``: ``"scalar"``
+            (one), ``"per_layer"`` (one per adapted tensor), ``"per_step"`` (one per inner step),
+            ``"per_parameter"`` (one per weight, Meta-SGD) or ``"per_layer_per_step"`` (MAML++ LSLR).
         multi_step_loss: meta-train on the query loss after every inner step (MAML++).
         multi_step_loss_epochs: epochs over which the multi-step weights anneal towards the last step.
         first_order_epochs: train first-order for this many epochs, then second-order (MAML++).
+        inner_optimizer: ``"sgd"`` (MAML), ``"momentum"``, ``"nesterov"`` or ``"adam"``.
+        inner_momentum: the momentum of ``"momentum"`` and ``"nesterov"``, in [0, 1) (initial value when learned).
+        inner_betas: Adam's ``(beta1, beta2)``, each in [0, 1).
+        inner_eps: Adam's epsilon.
+        inner_weight_decay: L2 weight decay added to the inner gradient (``torch.optim``'s ``weight_decay``).
+        momentum_sizes: the momentum, fixed (``"fixed"``) or learned with a kind of ``step_sizes``
+            (``momentum_sizes.rates.{i}``); only with ``inner_optimizer`` ``"momentum"`` or ``"nesterov"``.
         Remaining arguments (``batching``, ``chunk_size``, ``outer_lr``, ``gradient_clip_val``,
         ``accumulate_grad_batches``): see :class:`~lightning_meta.algorithms.base.MetaLearner`.
 
@@ -69,6 +91,9 @@ class MAML(MetaLearner):
         from lightning_meta.data import SinusoidDataModule
 
         model = MAML(MLP(1, 1, (40, 40)), inner_lr=0.01, inner_steps=1, test_inner_steps=10)
+        # Adam in the inner loop, a learned rate per layer and step:
+        model = MAML(MLP(1, 1, (40, 40)), inner_lr=0.01, inner_steps=3, inner_optimizer="adam",
+                     step_sizes="per_layer_per_step")
         pl.Trainer(max_epochs=10, inference_mode=False).fit(model, SinusoidDataModule())
     """
 
@@ -85,6 +110,12 @@ class MAML(MetaLearner):
         multi_step_loss: bool = False,
         multi_step_loss_epochs: int = 10,
         first_order_epochs: int = 0,
+        inner_optimizer: InnerOptimizer = "sgd",
+        inner_momentum: float = 0.9,
+        inner_betas: tuple[float, float] = (0.9, 0.999),
+        inner_eps: float = 1e-8,
+        inner_weight_decay: float = 0.0,
+        momentum_sizes: StepSizeKind = "fixed",
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
@@ -93,6 +124,11 @@ class MAML(MetaLearner):
         optional_positive(MODEL_ARGS + "test_inner_steps", test_inner_steps)
         require_positive(MODEL_ARGS + "multi_step_loss_epochs", multi_step_loss_epochs)
         require_positive(MODEL_ARGS + "first_order_epochs", first_order_epochs, allow_zero=True)
+        betas = check_inner_optimizer(inner_optimizer, inner_momentum, inner_betas, inner_eps, inner_weight_decay)
+        if momentum_sizes != "fixed" and inner_optimizer not in ("momentum", "nesterov"):
+            raise ConfigurationError(
+                f"{MODEL_ARGS}momentum_sizes={momentum_sizes!r} learns a momentum, which "
+                f"{MODEL_ARGS}inner_optimizer={inner_optimizer!r} has not: use momentum or nesterov, or fixed")
         self.backbone = build_module(backbone)
         self.inner_lr = inner_lr
         self.inner_steps = inner_steps
@@ -101,10 +137,17 @@ class MAML(MetaLearner):
         self.multi_step_loss = multi_step_loss
         self.multi_step_loss_epochs = multi_step_loss_epochs
         self.first_order_epochs = first_order_epochs
+        self.inner_optimizer = inner_optimizer
+        self.inner_momentum = float(inner_momentum)
+        self.inner_betas = betas
+        self.inner_eps = float(inner_eps)
+        self.inner_weight_decay = float(inner_weight_decay)
         shapes = {name: p.shape for name, p in self.backbone.named_parameters() if self.is_adapted(name)}
         if not shapes:
             raise ConfigurationError(f"{type(self).__name__} adapts no parameter of the backbone")
         self.step_sizes = StepSizes(shapes, inner_steps, inner_lr, step_sizes)
+        self.momentum_sizes = StepSizes(shapes, inner_steps, inner_momentum, momentum_sizes,
+                                        field=MODEL_ARGS + "momentum_sizes")
 
     # ------------------------------------------------------------------ hooks
     def is_adapted(self, name: str) -> bool:
@@ -129,10 +172,12 @@ class MAML(MetaLearner):
 
     def inner_update(self, params: Params) -> Update:
         """The inner-loop update rule, given the meta-parameters ``params`` (``named_parameters`` keys):
-        SGD with the step sizes of ``step_sizes`` (learned ones read from ``params``, so they get
-        meta-gradients).  Override to adapt with another rule of :mod:`lightning_meta.inner_updates`,
-        e.g. ``MomentumSGD(self.inner_lr, 0.9)``."""
-        return SGD(self.step_sizes.bind(sub_params(params, "step_sizes")))
+        the ``inner_optimizer`` (:func:`~lightning_meta.inner_updates.inner_optimizer_rule`) with the rates
+        of ``step_sizes`` and the momenta of ``momentum_sizes`` (learned ones read from ``params``, so they
+        get meta-gradients).  Override to adapt with another rule of :mod:`lightning_meta.inner_updates`."""
+        return inner_optimizer_rule(self.inner_optimizer, self.step_sizes.bind(sub_params(params, "step_sizes")),
+                                    self.momentum_sizes.bind(sub_params(params, "momentum_sizes")),
+                                    self.inner_betas, self.inner_eps, self.inner_weight_decay)
 
     # ------------------------------------------------------------------ the MetaLearner contract
     @property

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Literal, Optional, Union
+from typing import Any, Optional, Union
 
 import torch
 from pytorch_lightning.utilities import rank_zero_info
@@ -13,7 +13,7 @@ from torch.func import functional_call, vmap
 from lightning_meta.algorithms.base import MetaLearner
 from lightning_meta.data.episodes import episode_generator
 from lightning_meta.data.sequences import OrderedTasks, episode_addresses
-from lightning_meta.errors import MODEL_ARGS, ConfigurationError, optional_positive, require_choice, require_positive
+from lightning_meta.errors import MODEL_ARGS, ConfigurationError, optional_positive, require_positive
 from lightning_meta.inner_loop import (
     Forward,
     Params,
@@ -25,12 +25,10 @@ from lightning_meta.inner_loop import (
     sub_params,
     supervised_loss,
 )
-from lightning_meta.inner_updates import SGD, Adam
+from lightning_meta.inner_updates import InnerOptimizer, check_inner_optimizer, inner_optimizer_rule
 from lightning_meta.models.backbone import build_module
 from lightning_meta.models.norm import require_norm_statistics
 from lightning_meta.tasks import TaskBatch
-
-InnerOptimizer = Literal["sgd", "adam"]
 
 #: salt of the generators that order the inner-loop mini-batches (distinct from the episode sampler's)
 INNER_BATCH_SEED = 20180308
@@ -92,9 +90,11 @@ class Reptile(MetaLearner):
         inner_lr: inner-loop learning rate (Adam or SGD).
         inner_steps: inner-loop steps per task in meta-training.
         test_inner_steps: inner-loop steps at validation, test and prediction (default: ``inner_steps``).
-        inner_optimizer: ``"adam"`` or ``"sgd"``.
+        inner_optimizer: ``"adam"`` or ``"sgd"`` (also ``"momentum"``, ``"nesterov"``, the rules MAML takes).
         inner_betas: Adam's ``(beta1, beta2)``; the paper uses ``beta1 = 0``.
         inner_eps: Adam's epsilon.
+        inner_momentum: the momentum of ``"momentum"`` and ``"nesterov"``, in [0, 1).
+        inner_weight_decay: L2 weight decay added to the inner gradient (``torch.optim``'s ``weight_decay``).
         inner_batch_size: examples per inner step in meta-training (``None``: all of them).
         test_inner_batch_size: examples per inner step at evaluation (default: ``inner_batch_size``).
         train_on_query: meta-train the inner loop on support and query examples pooled.
@@ -145,6 +145,8 @@ class Reptile(MetaLearner):
         transductive: bool = False,
         outer_lr: float = 1.0,
         outer_lr_final: Optional[float] = None,
+        inner_momentum: float = 0.9,
+        inner_weight_decay: float = 0.0,
         **kwargs: Any,
     ):
         super().__init__(outer_lr=outer_lr, **kwargs)
@@ -153,13 +155,7 @@ class Reptile(MetaLearner):
         optional_positive(MODEL_ARGS + "test_inner_steps", test_inner_steps)
         optional_positive(MODEL_ARGS + "inner_batch_size", inner_batch_size)
         optional_positive(MODEL_ARGS + "test_inner_batch_size", test_inner_batch_size)
-        require_positive(MODEL_ARGS + "inner_eps", inner_eps, integer=False)
-        require_choice(MODEL_ARGS + "inner_optimizer", inner_optimizer, InnerOptimizer)
-        betas = tuple(inner_betas) if isinstance(inner_betas, (list, tuple)) else ()
-        if len(betas) != 2 or not all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1
-                                      for b in betas):
-            raise ConfigurationError(
-                f"{MODEL_ARGS}inner_betas={inner_betas!r} is invalid: give two numbers in [0, 1), e.g. [0.0, 0.999]")
+        betas = check_inner_optimizer(inner_optimizer, inner_momentum, inner_betas, inner_eps, inner_weight_decay)
         if outer_lr_final is not None:
             require_positive(MODEL_ARGS + "outer_lr_final", outer_lr_final, allow_zero=True, integer=False)
             if outer_lr_final > outer_lr:
@@ -177,8 +173,10 @@ class Reptile(MetaLearner):
         self.inner_steps = inner_steps
         self.test_inner_steps = test_inner_steps or inner_steps
         self.inner_optimizer = inner_optimizer
-        self.inner_betas = (float(betas[0]), float(betas[1]))
+        self.inner_betas = betas
         self.inner_eps = inner_eps
+        self.inner_momentum = float(inner_momentum)
+        self.inner_weight_decay = float(inner_weight_decay)
         self.inner_batch_size = inner_batch_size
         self.test_inner_batch_size = test_inner_batch_size or inner_batch_size
         self.train_on_query = train_on_query
@@ -196,12 +194,12 @@ class Reptile(MetaLearner):
         return lambda p, x: functional_call(self.backbone, p, (x,))
 
     def inner_update(self, params: Params) -> Update:
-        """The inner optimiser of ``inner_optimizer``: SGD with ``inner_lr``, or Adam with ``inner_lr``,
-        ``inner_betas`` and ``inner_eps`` (moments fresh for every task).  ``params`` are the weights the
-        task adapts from; Reptile learns no hyper-parameter of the rule, so it reads none from them."""
-        if self.inner_optimizer == "sgd":
-            return SGD(self.inner_lr)
-        return Adam(self.inner_lr, self.inner_betas, self.inner_eps)
+        """The inner optimiser of ``inner_optimizer`` (:func:`~lightning_meta.inner_updates.inner_optimizer_rule`,
+        as MAML's): SGD with ``inner_lr``, or Adam with ``inner_lr``, ``inner_betas`` and ``inner_eps`` (moments
+        fresh for every task), or momentum SGD.  ``params`` are the weights the task adapts from; Reptile
+        learns no hyper-parameter of the rule, so it reads none from them."""
+        return inner_optimizer_rule(self.inner_optimizer, self.inner_lr, self.inner_momentum, self.inner_betas,
+                                    self.inner_eps, self.inner_weight_decay)
 
     def adapt(self, params: Params, x: Tensor, y: Tensor, order: Tensor, steps: int) -> Params:
         """``steps`` first-order steps of the inner optimiser from ``params`` on ``(x, y)``.
