@@ -12,7 +12,8 @@ class MetaSGD(MAML):
 
     The inner update is ``theta - alpha * grad`` with ``alpha`` a learned tensor shaped like
     ``theta`` (initialised to ``inner_lr``), trained by the outer optimiser with the weights.
-    Other arguments as :class:`~lightning_meta.MAML` (``step_sizes`` is fixed to ``"per_parameter"``).
+    Other arguments as :class:`~lightning_meta.MAML` (``step_sizes`` is fixed to ``"per_parameter"``); with
+    ``inner_optimizer`` (``"momentum"``, ``"nesterov"``, ``"adam"``) the learned tensor is that rule's rate.
 
     References:
         Li, Zhou, Chen, Li. "Meta-SGD: Learning to Learn Quickly for Few-Shot Learning." 2017.
