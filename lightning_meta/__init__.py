@@ -18,9 +18,9 @@ from typing import Any
 
 _ORIGIN: dict[str, str] = {
     **dict.fromkeys(
-        ["ANIL", "MAML", "Baseline", "BaselinePlusPlus", "DomainAdversarial", "FineTuningBaseline", "Learner",
-         "MAMLPolicyGradient", "MANN", "MatchingNetwork", "MetaLearner", "MetaLearnerLSTM", "MetaSGD", "MetricLearner",
-         "PrototypicalNetwork", "RelationNetwork", "Reptile", "RL2", "SequenceLearner", "SiameseNetwork", "SNAIL"],
+        ["ANIL", "MAML", "Baseline", "BaselinePlusPlus", "DomainAdversarial", "FineTuningBaseline", "IMAML",
+         "Learner", "MAMLPolicyGradient", "MANN", "MatchingNetwork", "MetaLearner", "MetaLearnerLSTM", "MetaSGD",
+         "MetricLearner", "PrototypicalNetwork", "RelationNetwork", "Reptile", "RL2", "SequenceLearner", "SiameseNetwork", "SNAIL"],
         "lightning_meta.algorithms",
     ),
     **dict.fromkeys(
@@ -53,6 +53,7 @@ __all__ = [
     "EnvTaskDataModule",
     "EpisodicDataModule",
     "FineTuningBaseline",
+    "IMAML",
     "ImageFolderDataModule",
     "Learner",
     "LinearDataModule",

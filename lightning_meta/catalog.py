@@ -39,6 +39,8 @@ ALGORITHMS: tuple[Entry, ...] = (
     Entry("MAML", "lightning_meta.MAML", "a learned initialisation adapted by gradient steps (Finn et al. 2017)"),
     Entry("MetaSGD", "lightning_meta.MetaSGD", "MAML that also learns a step size per weight (Li et al. 2017)"),
     Entry("ANIL", "lightning_meta.ANIL", "MAML adapting only the head on learned features (Raghu et al. 2020)"),
+    Entry("IMAML", "lightning_meta.IMAML",
+          "MAML with implicit gradients of a proximal inner problem (Rajeswaran et al. 2019)"),
     Entry("Reptile", "lightning_meta.Reptile",
           "moves the weights towards per-task fine-tuned copies (Nichol et al. 2018)"),
     Entry("PrototypicalNetwork", "lightning_meta.PrototypicalNetwork",

@@ -32,7 +32,7 @@ def conjugate_gradient(hvp: Callable[[Tensor], Tensor], b: Tensor, iters: int = 
 
 
 def solve_with_product(hvp: Callable[[Tensor], Tensor], b: Tensor, iters: int = 10, damping: float = 0.0,
-                       residual_tol: float = 1e-10) -> tuple[Tensor, Tensor]:
+                       residual_tol: Optional[float] = 1e-10) -> tuple[Tensor, Tensor]:
     """``x``, an approximate solution of ``(H + damping I) x = b`` by ``iters`` conjugate-gradient steps from
     ``x = 0`` (fewer once the squared residual is below ``residual_tol``), and ``(H + damping I) x = b - r``.
     ``H`` is symmetric positive (semi-)definite and given by its product ``hvp(v) = H v`` on flat vectors
@@ -40,13 +40,20 @@ def solve_with_product(hvp: Callable[[Tensor], Tensor], b: Tensor, iters: int = 
     from the residual, so TRPO's step size ``xᵀHx`` costs no extra Hessian product (one of eleven with
     ``iters=10``).
 
+    ``residual_tol=None`` takes exactly ``iters`` steps with no early stop and no host synchronisation
+    (no ``.item()``), so the solve runs under ``torch.func.vmap`` (iMAML solves one system per task); a
+    step whose residual or curvature is already exactly zero then leaves ``x`` as it is instead of
+    dividing by zero.  ``iters`` may be 0 there (``x = 0``).
+
     Example::
 
         A = torch.tensor([[4., 1.], [1., 3.]])
         x, ax = solve_with_product(lambda v: A @ v, torch.tensor([1., 2.]))   # x: tensor([0.0909, 0.6364])
     """
-    require_positive("iters", iters)
+    require_positive("iters", iters, allow_zero=residual_tol is None)
     require_positive("damping", damping, allow_zero=True, integer=False)
+    if residual_tol is None:
+        return _fixed_steps_solve(hvp, b, iters, damping)
     x = torch.zeros_like(b)
     r = b.clone()
     p = b.clone()
@@ -60,6 +67,25 @@ def solve_with_product(hvp: Callable[[Tensor], Tensor], b: Tensor, iters: int = 
         r = r - alpha * hp
         rr_new = r.dot(r)
         p = r + (rr_new / rr) * p
+        rr = rr_new
+    return x, b - r
+
+
+def _fixed_steps_solve(hvp: Callable[[Tensor], Tensor], b: Tensor, iters: int,
+                       damping: float) -> tuple[Tensor, Tensor]:
+    """:func:`solve_with_product` with ``residual_tol=None``: ``iters`` steps, vmap-safe, zero divisions guarded."""
+    x = torch.zeros_like(b)
+    r = b.clone()
+    p = b.clone()
+    rr = r.dot(r)
+    for _ in range(iters):
+        hp = hvp(p) + damping * p
+        curvature = p.dot(hp)
+        alpha = torch.where(curvature != 0, rr / torch.where(curvature != 0, curvature, 1), 0)
+        x = x + alpha * p
+        r = r - alpha * hp
+        rr_new = r.dot(r)
+        p = r + torch.where(rr != 0, rr_new / torch.where(rr != 0, rr, 1), 0) * p
         rr = rr_new
     return x, b - r
 

@@ -24,6 +24,7 @@ from toy_learners import RandomImages
 import lightning_meta
 from lightning_meta import (
     ANIL,
+    IMAML,
     MAML,
     MANN,
     RL2,
@@ -98,6 +99,7 @@ CASES: dict[str, Case] = {
     "MAML-sine": Case(lambda: MAML(MLP(1, 1, (8,)), inner_lr=0.05, inner_steps=2), sines),
     "ANIL": Case(lambda: ANIL(conv(), inner_lr=0.1), images),
     "MetaSGD": Case(lambda: MetaSGD(conv(), inner_lr=0.1), images),
+    "IMAML": Case(lambda: IMAML(conv(), inner_lr=0.1, inner_steps=2, cg_steps=2), images),
     "Reptile": Case(lambda: Reptile(conv(), inner_lr=0.01, inner_steps=2, inner_batch_size=2), images),
     "MetaLearnerLSTM": Case(lambda: MetaLearnerLSTM(conv(), inner_steps=2), images),
     "PrototypicalNetwork": Case(lambda: PrototypicalNetwork(embedding()), images),
