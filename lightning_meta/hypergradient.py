@@ -22,8 +22,9 @@ read by the losses (per-example weights, an L2 penalty).  :func:`hypergradient` 
   Neumann series on Hessian-vector products.  Only hyper-parameters of the training loss: an optimizer's
   hyper-parameter does not move the optimum.
 
-Rate schedules: ``"update.<field>"`` is a scalar tensor, a ``[T]`` tensor (one value per step), or, for
-``lr``, a ``[T, P]`` tensor (per step and parameter tensor, ``P`` tensors in the order of ``params``).
+Schedules: ``"update.<field>"`` is a scalar tensor, a ``[T]`` tensor (one value per step), or, for a field
+typed :data:`~lightning_meta.inner_updates.Rate` (``lr``; ``MomentumSGD.momentum``), a ``[T, P]`` tensor (per
+step and parameter tensor, ``P`` tensors in the order of ``params``).
 A tuple field (Adam's ``betas``) takes a last dimension of its length (``[2]`` or ``[T, 2]``).
 
 Example::
@@ -47,6 +48,7 @@ from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 
 from lightning_meta.errors import ConfigurationError, require_choice, require_positive
 from lightning_meta.inner_loop import Graph, Params, Update, inner_gradients
+from lightning_meta.inner_updates import Rate
 
 Hyper = dict[str, Tensor]
 #: ``train_loss(params, hyper, step)``: the loss training descends at step ``step``
@@ -153,9 +155,9 @@ def train(train_loss: TrainLoss, params: Params, hyper: Hyper, update: Update, s
 
 def check_update_fields(update: Update, hyper: Hyper, steps: int, tensors: int) -> None:
     """One-line errors for an ``"update.<field>"`` the rule lacks or a tensor of a shape it cannot take."""
-    fields = ({f.name: getattr(update, f.name) for f in dataclasses.fields(update)}
-              if dataclasses.is_dataclass(update) else {})
-    fields = {name: value for name, value in fields.items() if not isinstance(value, bool)}
+    declared = dataclasses.fields(update) if dataclasses.is_dataclass(update) else ()
+    fields = {f.name: getattr(update, f.name) for f in declared if not isinstance(getattr(update, f.name), bool)}
+    rates = {f.name for f in declared if f.type in ("Rate", Rate)}
     for key, value in hyper.items():
         if not key.startswith(UPDATE):
             continue
@@ -165,7 +167,7 @@ def check_update_fields(update: Update, hyper: Hyper, steps: int, tensors: int) 
                                      f"{field!r} (it has {', '.join(fields) or 'none'})")
         shape = tuple(value.shape)
         width = (len(fields[field]),) if isinstance(fields[field], tuple) else ()
-        allowed = [width, (steps, *width)] + ([(steps, tensors)] if field == "lr" else [])
+        allowed = [width, (steps, *width)] + ([(steps, tensors)] if field in rates else [])
         if shape not in allowed:
             raise ConfigurationError(f"hyper[{key!r}] has shape {list(shape)}: it must be one of "
                                      f"{', '.join(str(list(s)) for s in allowed)} (steps={steps}, {tensors} tensors)")

@@ -21,11 +21,19 @@ from lightning_meta.hypergradient import conjugate_gradient, hypergradient, neum
 from lightning_meta.inner_loop import adapt
 from lightning_meta.inner_updates import SGD, Adam, MomentumSGD
 
-torch.set_num_threads(1)
 STEPS = 10
 POINTS = 20
 NET = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3)).double()
 NAMES = [name for name, _ in NET.named_parameters()]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny kernels: a second thread only waits at barriers (2-10x slower here on a loaded 2-core machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def per_example_loss(params, x, y):
@@ -50,17 +58,20 @@ def classification_problem():
     return train_loss, val_loss, params, g
 
 
-def momentum_hyper(g):
+def momentum_hyper(g, momentum_per_step_and_tensor=False):
+    momentum = (0.5 + 0.3 * torch.rand(STEPS, len(NAMES), generator=g, dtype=torch.float64)
+                if momentum_per_step_and_tensor else torch.tensor(0.7, dtype=torch.float64))
     return {"update.lr": 0.2 + 0.2 * torch.rand(STEPS, len(NAMES), generator=g, dtype=torch.float64),
-            "update.momentum": torch.tensor(0.7, dtype=torch.float64),
+            "update.momentum": momentum,
             "update.weight_decay": torch.tensor(0.05, dtype=torch.float64),
             "weights": 0.5 + torch.rand(POINTS, generator=g, dtype=torch.float64)}
 
 
 def direct_objective(train_loss, val_loss, params, hyper, nesterov):
     """The unrolled objective with the rule built by hand (not through ``hypergradient``'s field binding)."""
-    lr = hyper["update.lr"]
-    update = MomentumSGD(lambda name, step: lr[step, NAMES.index(name)], momentum=hyper["update.momentum"],
+    lr, momentum = hyper["update.lr"], hyper["update.momentum"]
+    update = MomentumSGD(lambda name, step: lr[step, NAMES.index(name)],
+                         momentum if momentum.ndim == 0 else lambda name, step: momentum[step, NAMES.index(name)],
                          nesterov=nesterov, weight_decay=hyper["update.weight_decay"])
     final = adapt(lambda p, step: train_loss(p, hyper, step), params, STEPS, update, "none")[-1]
     return val_loss(final, hyper)
@@ -87,8 +98,9 @@ def relative_error(ours, reference):
 
 @pytest.mark.parametrize("nesterov", [False, True])
 def test_reverse_and_forward_equal_central_differences(nesterov):
+    """Heavy ball with one momentum; Nesterov with a momentum per step and parameter tensor."""
     train_loss, val_loss, params, g = classification_problem()
-    hyper = momentum_hyper(g)
+    hyper = momentum_hyper(g, momentum_per_step_and_tensor=nesterov)
     update = MomentumSGD(0.0, momentum=0.5, nesterov=nesterov)
     reverse = hypergradient(train_loss, val_loss, params, hyper, update, STEPS, mode="reverse")
     forward = hypergradient(train_loss, val_loss, params, hyper, update, STEPS, mode="forward")
