@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Literal, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from torch import Tensor, nn
@@ -10,24 +10,24 @@ from torch.func import grad, jvp, vjp, vmap
 
 from lightning_meta.algorithms.learner import surrogate_loss
 from lightning_meta.algorithms.maml import MAML
-from lightning_meta.errors import MODEL_ARGS, ConfigurationError, require_choice, require_positive
+from lightning_meta.errors import MODEL_ARGS, require_positive
 from lightning_meta.inner_loop import (
     Forward,
     Graph,
     Params,
     SupportLoss,
-    Update,
     adapt,
     detached,
     sub_params,
     supervised_loss,
 )
-from lightning_meta.inner_updates import SGD, Adam, MomentumSGD
 from lightning_meta.internals import inside_functorch_transform
 from lightning_meta.tasks import TaskBatch
 from lightning_meta.trpo import flat, solve_with_product, unflat
 
-InnerOptimizer = Literal["sgd", "momentum", "nesterov", "adam"]
+#: MAML's arguments that IMAML fixes (and leaves out of its hyper-parameters)
+FIXED_MAML_OPTIONS = ("first_order", "step_sizes", "multi_step_loss", "multi_step_loss_epochs", "first_order_epochs",
+                      "momentum_sizes")
 
 
 def proximal(support_loss: SupportLoss, anchor: Params, lam: float) -> SupportLoss:
@@ -124,12 +124,12 @@ class IMAML(MAML):
         cg_damping: adds ``cg_damping * I`` to the system (the authors' code: 1).
         lam_damping: adds to λ in the system's ``H / λ`` only (the authors' code: 10).
         test_lam: λ of the proximal term at evaluation (>= 0; 0: none).
-        inner_optimizer: ``"sgd"``, ``"momentum"``, ``"nesterov"`` or ``"adam"`` (moments fresh per task).
-        inner_momentum: momentum of ``"momentum"`` and ``"nesterov"``.
-        inner_betas: Adam's ``(beta1, beta2)``.
-        inner_eps: Adam's epsilon.
+        inner_optimizer, inner_momentum, inner_betas, inner_eps, inner_weight_decay: the inner optimiser, as
+            :class:`~lightning_meta.MAML` (``"sgd"``, ``"momentum"``, ``"nesterov"`` or ``"adam"``; state fresh
+            for every task; rates and momenta fixed).
         Remaining arguments (``batching``, ``chunk_size``, ``outer_lr``, ``gradient_clip_val``,
-        ``accumulate_grad_batches``): see :class:`~lightning_meta.algorithms.base.MetaLearner`.
+        ``accumulate_grad_batches``): see :class:`~lightning_meta.algorithms.base.MetaLearner`.  MAML's
+        ``first_order``, ``step_sizes``, ``momentum_sizes`` and multi-step options are not arguments.
 
     Hooks to override: :meth:`inner_loss`, :meth:`query_loss`, :meth:`inner_update` (as :class:`MAML`).
     Every backbone weight is adapted; the meta-gradient is that of the adapted weights.
@@ -158,51 +158,23 @@ class IMAML(MAML):
         cg_damping: float = 0.0,
         lam_damping: float = 0.0,
         test_lam: float = 0.0,
-        inner_optimizer: InnerOptimizer = "sgd",
-        inner_momentum: float = 0.9,
-        inner_betas: tuple[float, float] = (0.9, 0.999),
-        inner_eps: float = 1e-8,
         **kwargs: Any,
     ):
         require_positive(MODEL_ARGS + "lam", lam, integer=False)
         require_positive(MODEL_ARGS + "cg_steps", cg_steps, allow_zero=True)
         for name, value in (("cg_damping", cg_damping), ("lam_damping", lam_damping), ("test_lam", test_lam)):
             require_positive(MODEL_ARGS + name, value, allow_zero=True, integer=False)
-        require_choice(MODEL_ARGS + "inner_optimizer", inner_optimizer, InnerOptimizer)
-        if not (isinstance(inner_momentum, (int, float)) and 0 <= inner_momentum < 1):
-            raise ConfigurationError(
-                f"{MODEL_ARGS}inner_momentum={inner_momentum!r} is invalid: it must lie in [0, 1)")
-        if inner_optimizer == "nesterov" and inner_momentum == 0:
-            raise ConfigurationError(f"{MODEL_ARGS}inner_momentum=0 is invalid with inner_optimizer='nesterov': "
-                                     "Nesterov momentum needs a momentum > 0")
-        betas = tuple(inner_betas) if isinstance(inner_betas, (list, tuple)) else ()
-        if len(betas) != 2 or not all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1
-                                      for b in betas):
-            raise ConfigurationError(
-                f"{MODEL_ARGS}inner_betas={inner_betas!r} is invalid: give two numbers in [0, 1), e.g. [0.9, 0.999]")
-        require_positive(MODEL_ARGS + "inner_eps", inner_eps, integer=False)
+        # MAML's options that mean nothing here are fixed, so the CLI does not offer them: the implicit gradient
+        # reaches no inner-loop rate or momentum (the proximal optimum does not depend on how it is reached)
         super().__init__(backbone, inner_lr, inner_steps, test_inner_steps, first_order=False, step_sizes="fixed",
-                         multi_step_loss=False, multi_step_loss_epochs=1, first_order_epochs=0, **kwargs)
-        self.remove_ignored_hparams(["first_order", "step_sizes", "multi_step_loss", "multi_step_loss_epochs",
-                                     "first_order_epochs"])
+                         multi_step_loss=False, multi_step_loss_epochs=1, first_order_epochs=0,
+                         momentum_sizes="fixed", **kwargs)
+        self.remove_ignored_hparams(list(FIXED_MAML_OPTIONS))
         self.lam = float(lam)
         self.cg_steps = cg_steps
         self.cg_damping = float(cg_damping)
         self.lam_damping = float(lam_damping)
         self.test_lam = float(test_lam)
-        self.inner_optimizer = inner_optimizer
-        self.inner_momentum = float(inner_momentum)
-        self.inner_betas = (float(betas[0]), float(betas[1]))
-        self.inner_eps = inner_eps
-
-    # ------------------------------------------------------------------ hooks
-    def inner_update(self, params: Params) -> Update:
-        """The inner optimiser of ``inner_optimizer`` with ``inner_lr`` (state fresh for every task)."""
-        if self.inner_optimizer == "sgd":
-            return SGD(self.inner_lr)
-        if self.inner_optimizer in ("momentum", "nesterov"):
-            return MomentumSGD(self.inner_lr, self.inner_momentum, nesterov=self.inner_optimizer == "nesterov")
-        return Adam(self.inner_lr, self.inner_betas, self.inner_eps)
 
     # ------------------------------------------------------------------ adaptation
     def adapt_task(self, params: Params, support_x: Tensor, support_y: Tensor, query_x: Tensor, steps: int,
