@@ -118,9 +118,9 @@ def hypergradient(
                     "the training loss, which it does not move; use mode='reverse' or 'forward'")
         require_choice("solver", solver, Solver)
         require_positive("solver_steps", solver_steps, allow_zero=True)
-        optimum, _ = train(train_loss, params, hyper, bind_update(update, hyper, names), 0, steps, None, "none")
+        optimum, _ = train(train_loss, params, hyper, update, 0, steps, None, "none")
         return implicit_mode(train_loss, val_loss, optimum, hyper, solver, solver_steps, neumann_rate, cg_tol)
-    return reverse_mode(train_loss, val_loss, params, hyper, update, steps, names, checkpoint_every or steps)
+    return reverse_mode(train_loss, val_loss, params, hyper, update, steps, names, checkpoint_every or max(steps, 1))
 
 
 def unrolled_loss(train_loss: TrainLoss, val_loss: ValLoss, params: Params, hyper: Hyper, update: Update,

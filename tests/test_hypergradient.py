@@ -249,3 +249,12 @@ def test_bad_inputs_give_one_line_errors_naming_the_field(kwargs, hyper_update, 
         hypergradient(train_loss, val_loss, params, hyper, SGD(0.1), STEPS, **kwargs)
     message = str(error.value)
     assert field in message and "\n" not in message, message
+
+
+def test_zero_steps_differentiate_the_validation_loss_at_the_given_parameters():
+    train_loss, val_loss, params, g = classification_problem()
+    hyper = {"weights": torch.ones(POINTS, dtype=torch.float64), "update.lr": torch.tensor(0.1, dtype=torch.float64)}
+    for every in (None, 3):
+        result = hypergradient(train_loss, val_loss, params, hyper, SGD(0.0), 0, checkpoint_every=every)
+        assert torch.equal(result.loss, val_loss(params, hyper))
+        assert all(torch.equal(v, torch.zeros_like(v)) for v in result.grads.values())
