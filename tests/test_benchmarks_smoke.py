@@ -28,6 +28,8 @@ TABLES = {
                                                                                          "gymnasium steps/s",
                                                                                          "batched/gymnasium"),
     "Meta-RL: seconds per meta-iteration, broken down": ("collect s", "curvature s", "line search s", "iteration s"),
+    "Unrolled hypergradient: plain vs segmented reverse mode vs torch.utils.checkpoint": ("seconds", "vs plain",
+                                                                                          "peak MiB", "grad diff"),
 }
 
 
