@@ -104,10 +104,10 @@ def hypergradient(
     require_positive("steps", steps, allow_zero=True)
     if checkpoint_every is not None:
         require_positive("checkpoint_every", checkpoint_every)
+    check_update_fields(update, hyper, steps, len(params))
     hyper = {key: value.detach() for key, value in hyper.items()}
     params = {name: p.detach() for name, p in params.items()}
     names = list(params)
-    check_update_fields(update, hyper, steps, len(names))
     if mode == "forward":
         return forward_mode(train_loss, val_loss, params, hyper, update, steps, names)
     if mode == "implicit":
@@ -146,6 +146,11 @@ def train(train_loss: TrainLoss, params: Params, hyper: Hyper, update: Update, s
 
     :func:`~lightning_meta.inner_loop.adapt`'s loop, which returns the trajectory but not the state a
     segment needs to hand on.
+
+    Example::
+
+        middle, velocity = train(train_loss, params, hyper, MomentumSGD(0.1), 0, 50, None, "none")
+        final, velocity = train(train_loss, middle, hyper, MomentumSGD(0.1), 50, 100, velocity, "none")
     """
     for step in range(start, stop):
         grads, loss = inner_gradients(lambda p, step=step: train_loss(p, hyper, step), params, graph)
@@ -159,6 +164,9 @@ def check_update_fields(update: Update, hyper: Hyper, steps: int, tensors: int) 
     fields = {f.name: getattr(update, f.name) for f in declared if not isinstance(getattr(update, f.name), bool)}
     rates = {f.name for f in declared if f.type in ("Rate", Rate)}
     for key, value in hyper.items():
+        if not (isinstance(value, Tensor) and value.is_floating_point()):
+            got = value.dtype if isinstance(value, Tensor) else type(value).__name__
+            raise ConfigurationError(f"hyper[{key!r}] must be a floating-point tensor, got {got}")
         if not key.startswith(UPDATE):
             continue
         field = key[len(UPDATE):]
@@ -174,7 +182,14 @@ def check_update_fields(update: Update, hyper: Hyper, steps: int, tensors: int) 
 
 
 def bind_update(update: Update, hyper: Hyper, names: list[str]) -> Update:
-    """``update`` with the fields named in ``hyper`` set, per step, to their values at that step."""
+    """``update`` with the fields named in ``hyper`` set, per step, to their values at that step (shapes as
+    :func:`check_update_fields` allows).
+
+    Example::
+
+        rule = bind_update(SGD(0.0), {"update.lr": torch.tensor([0.3, 0.2, 0.1])}, names=list(params))
+        rule(params, grads, loss, None, 2)       # SGD(0.1)'s step
+    """
     chosen = {key[len(UPDATE):]: value for key, value in hyper.items() if key.startswith(UPDATE)}
     if not chosen:
         return update

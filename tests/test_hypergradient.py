@@ -239,6 +239,8 @@ def test_solvers_invert_a_matrix():
     (dict(), {"update.momentum": torch.tensor(0.9)}, "update.momentum"),
     (dict(), {"update.lr": torch.ones(3, 2)}, "update.lr"),
     (dict(mode="sideways"), {}, "mode"),
+    (dict(), {"weights": torch.ones(POINTS, dtype=torch.long)}, "weights"),
+    (dict(), {"decay": 0.1}, "decay"),
     (dict(mode="implicit", solver="newton"), {}, "solver"),
     (dict(mode="implicit", solver_steps=-1), {}, "solver_steps"),
 ])
