@@ -198,7 +198,7 @@ def bind_update(update: Update, hyper: Hyper, names: list[str]) -> Update:
     def value_at(field: str, value: Tensor, step: int) -> Any:
         current = getattr(update, field)
         if isinstance(current, tuple):
-            return tuple(value[..., i] if value.ndim == 1 else value[step, i] for i in range(len(current)))
+            return tuple(value[i] if value.ndim == 1 else value[step, i] for i in range(len(current)))
         if value.ndim == 0:
             return value
         if value.ndim == 1:
@@ -238,8 +238,8 @@ def reverse_mode(train_loss: TrainLoss, val_loss: ValLoss, params: Params, hyper
     hyper_leaves = leaves(hyper)
     rule = bind_update(update, hyper_leaves, names)
     hyper_inputs = list(hyper_leaves.values())
-    total = [torch.zeros_like(h) for h in hyper_inputs]
-    adjoints: list[Tensor] = []
+    total: list[Tensor] = []  # d loss / d hyper through the later segments
+    adjoints: list[Tensor] = []  # d loss / d (parameters, state) at the end of this segment
     loss = torch.tensor(float("nan"))
     for index in reversed(range(len(starts))):
         start, stop = starts[index], min(starts[index] + every, steps)
