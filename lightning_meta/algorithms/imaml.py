@@ -69,14 +69,17 @@ def adapt_to_last(support_loss: SupportLoss, params: Params, steps: int, update:
 
 
 def implicit_meta_gradient(support_loss: Callable[[Params], Tensor], query_gradient: Params, phi: Params,
-                           lam: float, cg_steps: int, cg_damping: float = 0.0, lam_damping: float = 0.0) -> Params:
+                           lam: float, cg_steps: int, cg_damping: float = 0.0, lam_damping: float = 0.0,
+                           loss_scale: float = 1.0) -> Params:
     """``((1 + cg_damping) I + H / (lam + lam_damping))⁻¹ g`` by ``cg_steps`` conjugate-gradient steps from 0.
 
     ``H`` is the Hessian of ``support_loss`` at ``phi`` (used through Hessian-vector products, never formed),
     ``g`` the ``query_gradient``; with the defaults this is iMAML's meta-gradient ``(I + H / λ)⁻¹ ∇L_query(φ)``
     (Rajeswaran et al. 2019, Eq. 7).  ``cg_steps = 0`` returns ``g / (1 + cg_damping)`` (first-order iMAML).
     Pure tensors and :mod:`torch.func`, no host synchronisation: it runs per task under ``vmap``
-    (products: :func:`hessian_vector_product`).
+    (products: :func:`hessian_vector_product`).  ``loss_scale`` multiplies the support loss before its
+    products and divides them after (fp16: see :func:`~lightning_meta.inner_loop.adapt`); a no-op in exact
+    arithmetic.
 
     Example::
 
@@ -86,7 +89,9 @@ def implicit_meta_gradient(support_loss: Callable[[Params], Tensor], query_gradi
     if cg_steps == 0:
         return {name: g / scale for name, g in query_gradient.items()}
     curvature = 1.0 / (lam + lam_damping)
-    hessian_product = hessian_vector_product(support_loss, phi)
+    hessian_product = hessian_vector_product(
+        support_loss if loss_scale == 1.0 else lambda p: support_loss(p) * loss_scale, phi)
+    curvature = curvature / loss_scale
 
     def product(vector: Tensor) -> Tensor:
         hv = hessian_product(unflat(vector, phi))
@@ -239,11 +244,11 @@ class IMAML(MAML):
             loss = self.query_loss(predictions, query_y)
             return loss * scale, (loss, predictions)
 
-        query_gradient, (loss, predictions) = grad(query_objective, has_aux=True)(phi)
-        meta = implicit_meta_gradient(lambda p: support_loss(p, 0) * scale, query_gradient, phi, self.lam,
-                                      self.cg_steps, self.cg_damping, self.lam_damping)
-        grads = {f"backbone.{name}": g / scale for name, g in meta.items()}
-        return grads, loss.detach(), predictions.detach()
+        scaled, (loss, predictions) = grad(query_objective, has_aux=True)(phi)
+        query_gradient = {name: g / scale for name, g in scaled.items()}
+        meta = implicit_meta_gradient(lambda p: support_loss(p, 0), query_gradient, phi, self.lam, self.cg_steps,
+                                      self.cg_damping, self.lam_damping, loss_scale=scale)
+        return {f"backbone.{name}": g for name, g in meta.items()}, loss.detach(), predictions.detach()
 
     # ------------------------------------------------------------------ the MetaLearner contract
     def training_objective(self, params: Params, support_x: Tensor, support_y: Tensor, query_x: Tensor,
