@@ -18,16 +18,17 @@ from typing import Any
 
 _ORIGIN: dict[str, str] = {
     **dict.fromkeys(
-        ["ANIL", "MAML", "Baseline", "BaselinePlusPlus", "DomainAdversarial", "FineTuningBaseline", "IMAML",
-         "Learner", "MAMLPolicyGradient", "MANN", "MatchingNetwork", "MetaLearner", "MetaLearnerLSTM", "MetaSGD",
+        ["ANIL", "MAML", "Baseline", "BaselinePlusPlus", "DomainAdversarial", "FineTuningBaseline", "HyperparameterLearner",
+         "IMAML", "Learner", "MAMLPolicyGradient", "MANN", "MatchingNetwork", "MetaLearner", "MetaLearnerLSTM", "MetaSGD",
          "MetricLearner", "PrototypicalNetwork", "RelationNetwork", "Reptile", "RL2", "SequenceLearner", "SiameseNetwork", "SNAIL"],
         "lightning_meta.algorithms",
     ),
     **dict.fromkeys(
-        ["ClassImages", "DomainPairDataModule", "EnvTaskDataModule", "EpisodicDataModule", "ImageFolderDataModule", "LinearDataModule",
+        ["ClassImages", "DigitsDataModule", "DomainPairDataModule", "EnvTaskDataModule", "EpisodicDataModule", "ImageFolderDataModule", "LinearDataModule",
          "MiniImageNetDataModule", "NpzDataModule", "OmniglotDataModule", "SinusoidDataModule", "TaskDataModule"],
         "lightning_meta.data",
     ),
+    **dict.fromkeys(["hypergradient", "HyperGradient", "unrolled_loss"], "lightning_meta.hypergradient"),
     "ConfigurationError": "lightning_meta.errors",
     "EnvTaskBatch": "lightning_meta.tasks",
     "Task": "lightning_meta.tasks",
@@ -47,12 +48,15 @@ __all__ = [
     "BaselinePlusPlus",
     "ClassImages",
     "ConfigurationError",
+    "DigitsDataModule",
     "DomainAdversarial",
     "DomainPairDataModule",
     "EnvTaskBatch",
     "EnvTaskDataModule",
     "EpisodicDataModule",
     "FineTuningBaseline",
+    "HyperGradient",
+    "HyperparameterLearner",
     "IMAML",
     "ImageFolderDataModule",
     "Learner",
@@ -79,6 +83,8 @@ __all__ = [
     "Task",
     "TaskBatch",
     "TaskDataModule",
+    "hypergradient",
+    "unrolled_loss",
 ]
 
 

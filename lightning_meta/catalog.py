@@ -63,6 +63,8 @@ ALGORITHMS: tuple[Entry, ...] = (
           "domain adaptation by gradient reversal (Ganin & Lempitsky 2015)"),
     Entry("MAMLPolicyGradient", "lightning_meta.MAMLPolicyGradient",
           "MAML for reinforcement learning, TRPO or PPO outer step (Finn et al. 2017; Rothfuss et al. 2019)"),
+    Entry("HyperparameterLearner", "lightning_meta.HyperparameterLearner",
+          "learns inner rates, momenta or example weights by hypergradients (Maclaurin et al. 2015)"),
     Entry("RL2", "lightning_meta.RL2", "a recurrent policy that learns within a trial, trained with PPO (Duan et al. 2016)"),
 )
 
@@ -79,6 +81,8 @@ DATA_MODULES: tuple[Entry, ...] = (
           "a labelled source and an unlabelled target domain (DomainAdversarial)"),
     Entry("EnvTaskDataModule", "lightning_meta.EnvTaskDataModule",
           "reinforcement-learning tasks of a batched family (2D navigation, bandits, MDPs, gymnasium)"),
+    Entry("DigitsDataModule", "lightning_meta.DigitsDataModule",
+          "scikit-learn's 8x8 digits as seeded training runs (label noise)"),
 )
 
 

@@ -4,6 +4,7 @@ from lightning_meta.algorithms.anil import ANIL
 from lightning_meta.algorithms.base import MetaLearner
 from lightning_meta.algorithms.domain_adversarial import DomainAdversarial
 from lightning_meta.algorithms.finetune import Baseline, BaselinePlusPlus, FineTuningBaseline
+from lightning_meta.algorithms.hyper_learner import HyperparameterLearner
 from lightning_meta.algorithms.imaml import IMAML
 from lightning_meta.algorithms.learner import Learner
 from lightning_meta.algorithms.maml import MAML
@@ -21,6 +22,6 @@ from lightning_meta.algorithms.sequence import SequenceLearner
 from lightning_meta.algorithms.siamese import SiameseNetwork
 from lightning_meta.algorithms.snail import SNAIL
 
-__all__ = ["ANIL", "Baseline", "BaselinePlusPlus", "DomainAdversarial", "FineTuningBaseline", "IMAML", "Learner",
+__all__ = ["ANIL", "Baseline", "BaselinePlusPlus", "DomainAdversarial", "FineTuningBaseline", "HyperparameterLearner", "IMAML", "Learner",
            "MAML", "MAMLPolicyGradient", "MANN", "MatchingNetwork", "MetaLearner", "MetaLearnerLSTM", "MetaSGD",
            "MetricLearner", "PrototypicalNetwork", "RelationNetwork", "Reptile", "RL2", "SequenceLearner", "SiameseNetwork", "SNAIL"]

@@ -1,10 +1,11 @@
 """Data modules: the root :class:`TaskDataModule` (addressable items split across processes, resumable), the
-episodic modules (N-way K-shot tasks from image classes or function families) the domain pairs of DANN and
-the environment tasks of meta-RL."""
+episodic modules (N-way K-shot tasks from image classes or function families) the domain pairs of DANN,
+the environment tasks of meta-RL and the seeded training runs of hyper-parameter learning (digits)."""
 
 from lightning_meta.data.bundled import bundled_names, bundled_path
 from lightning_meta.data.class_images import ClassImages
 from lightning_meta.data.datamodule import EpisodicDataModule
+from lightning_meta.data.digits import DigitsDataModule, RunBatch
 from lightning_meta.data.domains import DomainPairDataModule
 from lightning_meta.data.env_tasks import EnvTaskDataModule
 from lightning_meta.data.episodes import EpisodeStream, episode_generator
@@ -26,6 +27,7 @@ from lightning_meta.data.supervised import SupervisedStream
 
 __all__ = [
     "ClassImages",
+    "DigitsDataModule",
     "DomainPairDataModule",
     "EnvTaskDataModule",
     "EpisodeStream",
@@ -41,6 +43,7 @@ __all__ = [
     "OmniglotDataModule",
     "PredictionSet",
     "RegressionDataModule",
+    "RunBatch",
     "SinusoidDataModule",
     "SinusoidTasks",
     "SupervisedStream",
