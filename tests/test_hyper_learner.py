@@ -230,17 +230,18 @@ def test_cleaning_weights_keep_clean_examples():
 
 
 @pytest.mark.slow
-def test_learned_schedule_beats_the_best_constant_rate():
-    """Measured (split seed 0, one thread, 60 hyper-steps): see the README for the numbers."""
+@pytest.mark.parametrize("seed", [0, 1])
+def test_learned_schedule_beats_the_best_constant_rate(seed):
+    """Measured (one thread, 60 hyper-steps, validation every 5): see the README for the numbers."""
     torch.set_num_threads(1)
-    data = DigitsDataModule(1000, 400, 397, meta_batch_size=1, steps_per_epoch=10, val_runs=2, seed=0)
+    data = DigitsDataModule(1000, 400, 397, meta_batch_size=1, steps_per_epoch=5, val_runs=2, seed=seed)
     data.setup("fit")
 
     def learner(rate: float) -> HyperparameterLearner:
         return HyperparameterLearner(MLP(64, 10, (100, 100)), inner_steps=100, inner_batch_size=100,
                                      inner_optimizer="momentum", inner_lr=rate, inner_momentum=0.9,
                                      learn_lr="per_layer_per_step", learn_momentum="per_layer_per_step",
-                                     checkpoint_every=10, outer_lr=0.05, gradient_clip_val=1.0)
+                                     checkpoint_every=10, outer_lr=0.1, gradient_clip_val=1.0)
 
     val_batches = list(data.val_dataloader())
 
@@ -257,10 +258,10 @@ def test_learned_schedule_beats_the_best_constant_rate():
     constants = {rate: validation_loss(learner(rate)) for rate in torch.logspace(-3, 0, 7).tolist()}
     best_rate = min(constants, key=constants.get)
     model = learner(0.1)
-    quiet_trainer(max_epochs=6, num_sanity_val_steps=0).fit(model, data)
+    quiet_trainer(max_epochs=12, num_sanity_val_steps=0).fit(model, data)
     learned = validation_loss(model, model.best_raw())
     assert learned == pytest.approx(model.best_val_loss.item(), rel=1e-5)
     ratio = learned / constants[best_rate]
-    print(f"schedule: best constant {best_rate:.4f} val {constants[best_rate]:.4f}, learned val {learned:.4f}, "
+    print(f"schedule (seed {seed}): best constant {best_rate:.4f} val {constants[best_rate]:.4f}, learned val {learned:.4f}, "
           f"ratio {ratio:.3f}, {time.perf_counter() - start:.0f} s")
     assert ratio < 1.0
