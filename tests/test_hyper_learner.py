@@ -265,3 +265,51 @@ def test_learned_schedule_beats_the_best_constant_rate(seed):
     print(f"schedule (seed {seed}): best constant {best_rate:.4f} val {constants[best_rate]:.4f}, learned val {learned:.4f}, "
           f"ratio {ratio:.3f}, {time.perf_counter() - start:.0f} s")
     assert ratio < 1.0
+
+
+def test_two_processes_split_a_meta_batch_of_runs_and_equal_one(tmp_path):
+    """A meta-batch of 2 seeded runs: one run per process under DDP, hypergradients averaged by the outer step's
+    all-reduce, the same hyper-parameters, validation and test as one process."""
+    tiny = ["--config", SCHEDULE, "--model.init_args.model.init_args.hidden", "[8]", "--model.init_args.inner_steps",
+            "4", "--model.init_args.inner_batch_size", "20", "--model.init_args.checkpoint_every", "2",
+            "--data.init_args.train_samples", "60", "--data.init_args.val_samples", "40",
+            "--data.init_args.test_samples", "40", "--data.init_args.meta_batch_size", "2",
+            "--data.init_args.steps_per_epoch", "2", "--data.init_args.val_runs", "2", "--data.init_args.test_runs", "3",
+            "--trainer.max_epochs", "2", "--trainer.log_every_n_steps", "1"]
+    ok(cli("fit", *tiny, "--trainer.logger.init_args.save_dir", "one", cwd=tmp_path))
+    ok(cli("fit", *tiny, "--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.logger.init_args.save_dir",
+           "two", cwd=tmp_path, timeout=600))
+    one, two = the_run(tmp_path / "one"), the_run(tmp_path / "two")
+    a = torch.load(one / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    b = torch.load(two / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    for name in ("hyper.lr", "hyper.momentum", "best_lr", "best_momentum", "best_val_loss"):
+        torch.testing.assert_close(b[name], a[name], rtol=1e-5, atol=1e-7, msg=name)
+    assert not torch.equal(a["hyper.lr"], torch.full_like(a["hyper.lr"], math.log(0.1)))  # it learned
+    test_one, test_two = rows(one / "test_episodes.csv"), rows(two / "test_episodes.csv")
+    assert len(test_one) == len(test_two) == 3
+    for x, y in zip(sorted(test_one, key=str), sorted(test_two, key=str)):
+        assert x.keys() == y.keys()
+        for key in x:
+            if x[key] and y[key] and key not in ("episode", "index"):
+                assert float(x[key]) == pytest.approx(float(y[key]), rel=1e-5, abs=1e-6), (key, x, y)
+
+
+def test_the_package_exports_hypergradient_callable_even_after_its_module_is_imported():
+    import lightning_meta
+    import lightning_meta.algorithms  # noqa: F401 - imports the module lightning_meta.hypergradient
+    from lightning_meta import HyperGradient
+    from lightning_meta import hypergradient as exported
+
+    w = {"w": torch.tensor([1.0], dtype=torch.float64)}
+    hyper = {"update.lr": torch.tensor(0.5, dtype=torch.float64)}
+
+    def train_loss(p, h, step):
+        return (p["w"] ** 2).sum()
+
+    def val_loss(p, h):
+        return p["w"].sum()
+
+    for function in (exported, lightning_meta.hypergradient):
+        result = function(train_loss, val_loss, w, hyper, SGD(0.0), steps=1)  # w1 = w (1 - 2 lr): d/dlr = -2
+        assert isinstance(result, HyperGradient) and result.grads["update.lr"].item() == pytest.approx(-2.0)
+    assert lightning_meta.unrolled_loss(train_loss, val_loss, w, hyper, SGD(0.0), 1).item() == pytest.approx(0.0)
