@@ -13,7 +13,18 @@ inside ``Trainer.fit`` (tasks looped, as ``batching="auto"`` chooses for a Conv4
 Each cell runs in a fresh process (the time of the measured steps after ``--warmup`` dropped ones,
 the peak resident-set growth over ``Trainer.fit``'s steps: benchmarks/README.md's VmHWM method).
 
-    python -m benchmarks.bench_imaml            # 1, 5, 20, 50 inner steps (~10 minutes on a quiet 2-core CPU)
+Measured (commit fb54114, Conv4-64, 5-way 1-shot 15 queries, meta-batch 4 instead of 32, one thread, a
+2-core CPU shared with other jobs, load average 3.4; ms per task / peak MiB):
+
+    inner steps        1            5            20            50
+    MAML (2nd order)   43.7 / 59.7  79.2 / 72.1  257.0 / 108.5  857.3 / 189.5
+    iMAML (5 CG)       78.4 / 66.2  93.8 / 67.9  153.8 / 62.7   341.3 / 60.2
+
+iMAML costs a fixed implicit part (query gradient and 5 Hessian-vector products) on top of its inner
+loop and is the cheaper above about 6 steps; its memory does not grow with the steps, MAML's triples by
+50 (issue 17's prototype, Conv4-64 meta-batch 32: MAML 29/61/202 (16 steps)/417 ms, iMAML 58/70/81/146-171).
+
+    python -m benchmarks.bench_imaml            # 1, 5, 20, 50 inner steps, meta-batch 32 (minutes)
     python -m benchmarks.bench_imaml --tiny     # seconds: Conv4-8, meta-batch 2, 1 and 5 steps
     python -m benchmarks.bench_imaml --hidden 32 --meta-batch 2 --warmup 0 --measured 1 --steps 5 50
                                                 # tests/test_imaml.py's memory check
