@@ -67,7 +67,7 @@ def test_runs_are_seeded_by_their_address_and_split_across_processes():
 
     def seeds(plan, epoch=0):
         out = {}
-        for batch in RunStream(plan, data.seed, "train", data.tensors("train"), epoch):
+        for batch in RunStream(plan, data.seed, "train", data.tensors(), epoch):
             out.update(zip(batch.index.tolist(), batch.seed.tolist()))
         return out
 
@@ -77,10 +77,12 @@ def test_runs_are_seeded_by_their_address_and_split_across_processes():
     assert all(seeds(train_plan(3, 4, 0, 1), epoch=1)[i] != one[i] for i in one)
     batch = next(iter(data.train_dataloader()))
     assert isinstance(batch, RunBatch) and batch.num_tasks == 4
-    assert batch.train_x.shape == (100, 64) and batch.eval_x.shape == (50, 64)  # validation set in training
+    assert batch.train_x.shape == (100, 64) and batch.val_x.shape == (50, 64) and batch.test_x.shape == (50, 64)
+    assert batch.scored_on.tolist() == [0] * 4 and batch.scored_set(0)[0] is batch.val_x  # validation in training
     test = list(data.test_dataloader())
-    assert len(test) == 1 and test[0].eval_x.shape == (50, 64)
-    assert torch.equal(test[0].eval_y, data.splits["test"][1])
+    assert len(test) == 1 and test[0].scored_on.tolist() == [1] and test[0].scored_set(0)[1] is test[0].test_y
+    assert torch.equal(test[0].test_y, data.splits["test"][1])
+    assert next(iter(data.val_dataloader())).scored_on.tolist() == [0]  # val_runs=1
     assert [b.seed.tolist() for b in data.val_dataloader()] == [b.seed.tolist() for b in data.val_dataloader()]
 
 

@@ -30,8 +30,9 @@ def small_data(**kwargs) -> DigitsDataModule:
     return data
 
 
-def a_batch(data: DigitsDataModule, split: str = "train", seeds=(7,)) -> RunBatch:
-    return RunBatch(torch.tensor(seeds), torch.arange(len(seeds)), **data.tensors(split))
+def a_batch(data: DigitsDataModule, seeds=(7,)) -> RunBatch:
+    return RunBatch(torch.tensor(seeds), torch.arange(len(seeds)), torch.zeros(len(seeds), dtype=torch.long),
+                    **data.tensors())
 
 
 def mlp_forward(params, x):
@@ -61,7 +62,7 @@ def test_the_learners_hypergradient_is_hypergradient_called_directly(learn, mode
         return F.cross_entropy(mlp_forward(p, x[order[step]]), y[order[step]])
 
     def val_loss(p, h):
-        return F.cross_entropy(mlp_forward(p, batch.eval_x.double()), batch.eval_y)
+        return F.cross_entropy(mlp_forward(p, batch.val_x.double()), batch.val_y)
 
     direct = hypergradient(train_loss, val_loss, params, {k: v.detach() for k, v in hyper.items()},
                            MomentumSGD(0.3, 0.5), steps=6)
@@ -109,7 +110,7 @@ def test_example_weights_hypergradient_is_hypergradient_called_directly_in_every
             return (h["weights"] * F.cross_entropy(forward(p, x), y, reduction="none")).mean()
 
         def val_loss(p, h):
-            return F.cross_entropy(forward(p, batch.eval_x.double()), batch.eval_y)
+            return F.cross_entropy(forward(p, batch.val_x.double()), batch.val_y)
 
         direct = hypergradient(train_loss, val_loss, params, {"weights": hyper["weights"].detach()}, SGD(1.0), 5,
                                mode=mode)

@@ -32,10 +32,12 @@ from lightning_meta import (
     Baseline,
     BaselinePlusPlus,
     ConfigurationError,
+    DigitsDataModule,
     DomainAdversarial,
     DomainPairDataModule,
     EnvTaskDataModule,
     FineTuningBaseline,
+    HyperparameterLearner,
     MAMLPolicyGradient,
     MatchingNetwork,
     MetaLearnerLSTM,
@@ -81,6 +83,18 @@ def environments(family: TaskFamily, **kwargs: Any) -> EnvTaskDataModule:
                              test_episodes=4, **kwargs)
 
 
+def digits() -> DigitsDataModule:
+    return DigitsDataModule(train_samples=40, val_samples=20, test_samples=20, label_noise=0.25, meta_batch_size=2,
+                            steps_per_epoch=2, val_runs=4, test_runs=4)
+
+
+def hyper_learner() -> HyperparameterLearner:
+    learner = HyperparameterLearner(MLP(64, 10, (8,)), inner_steps=3, inner_batch_size=10, learn_momentum="per_step",
+                                    learn_example_weights=True)
+    learner.ensure_example_weights(40)  # else created at setup, from the data's training set
+    return learner
+
+
 def conv(out: Any = 3, **kwargs: Any) -> Conv4:
     return Conv4(1, out, hidden_channels=4, image_size=8, **kwargs)
 
@@ -117,6 +131,7 @@ CASES: dict[str, Case] = {
                                                         num_classes=5), domains),
     "MAMLPolicyGradient": Case(lambda: MAMLPolicyGradient(GaussianMLPPolicy(2, 2, hidden_sizes=(8,)), inner_lr=0.1),
                                lambda: environments(Navigation2D(horizon=5))),
+    "HyperparameterLearner": Case(hyper_learner, digits),
     "RL2": Case(lambda: RL2(GRUPolicy(3, num_actions=2, hidden_size=8), ppo_epochs=2, ppo_minibatches=2),
                 lambda: environments(TabularMDPs(states=3, actions=2, horizon=4), episodes_per_trial=2)),
 }
@@ -139,11 +154,17 @@ def select(value: Any, rows: torch.Tensor) -> Any:
     return value  # shared by the batch's tasks: nothing, an environment family, its collection sizes
 
 
+def shared(field: dataclasses.Field) -> bool:
+    """Whether a batch's field belongs to all its tasks (``metadata={"shared": True}``: a run batch's data set)."""
+    return bool(field.metadata.get("shared"))
+
+
 def pick(batch: Any, rows: list[int]) -> Any:
     """The tasks ``rows`` of a batch (a dataclass such as ``TaskBatch``, or a tuple/list of tensors)."""
     index = torch.tensor(rows)
     if dataclasses.is_dataclass(batch):
-        return type(batch)(**{f.name: select(getattr(batch, f.name), index) for f in dataclasses.fields(batch)})
+        return type(batch)(**{f.name: getattr(batch, f.name) if shared(f) else select(getattr(batch, f.name), index)
+                              for f in dataclasses.fields(batch)})
     return type(batch)(select(t, index) for t in batch)
 
 
@@ -158,7 +179,8 @@ def join(batches: list[Any]) -> Any:
 
     first = batches[0]
     if dataclasses.is_dataclass(first):
-        return type(first)(**{f.name: cat([getattr(b, f.name) for b in batches]) for f in dataclasses.fields(first)})
+        return type(first)(**{f.name: getattr(first, f.name) if shared(f) else cat([getattr(b, f.name) for b in batches])
+                              for f in dataclasses.fields(first)})
     return type(first)(cat(list(parts)) for parts in zip(*batches))
 
 

@@ -43,7 +43,7 @@ import copy
 import math
 import sys
 import types
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -54,6 +54,7 @@ from lightning_meta.errors import MODEL_ARGS, ConfigurationError, optional_posit
 from lightning_meta.hypergradient import HyperGradient, Mode, TrainLoss, ValLoss, bind_update, hypergradient, train
 from lightning_meta.inner_loop import Params, Update, example_order
 from lightning_meta.internals import attached_trainer
+from lightning_meta.models.backbone import build_module
 from lightning_meta.inner_updates import InnerOptimizer, check_inner_optimizer, inner_optimizer_rule
 
 
@@ -110,7 +111,7 @@ class HyperparameterLearner(Learner):
     evaluation_needs_grad = True
     throughput_unit = "runs"
 
-    def __init__(self, model: nn.Module, inner_steps: int = 100, inner_batch_size: Optional[int] = 100,
+    def __init__(self, model: Union[nn.Module, dict[str, Any]], inner_steps: int = 100, inner_batch_size: Optional[int] = 100,
                  inner_optimizer: InnerOptimizer = "momentum", inner_lr: float = 0.1, inner_momentum: float = 0.9,
                  learn_lr: Granularity = "per_layer_per_step", learn_momentum: Granularity = "fixed",
                  learn_example_weights: bool = False, example_weight_init: float = 0.5, inner_init: Init = "default",
@@ -146,14 +147,14 @@ class HyperparameterLearner(Learner):
             raise ConfigurationError(
                 f"{MODEL_ARGS}learn_lr, learn_momentum and learn_example_weights leave nothing to learn: choose a"
                 " granularity for learn_lr or learn_momentum, or set learn_example_weights true")
-        self.model = model
+        self.model = build_module(model)  # a {"class_path", "init_args"} spec when loaded from a checkpoint
         self.model.requires_grad_(False)  # a template: every run trains a seeded copy of its parameters
         self.inner_steps, self.inner_batch_size = inner_steps, inner_batch_size
         self.inner_optimizer, self.inner_lr, self.inner_momentum = inner_optimizer, inner_lr, inner_momentum
         self.granularity = {"lr": learn_lr, "momentum": learn_momentum}
         self.learn_example_weights, self.example_weight_init = learn_example_weights, example_weight_init
         self.inner_init, self.mode, self.checkpoint_every, self.keep_best = inner_init, mode, checkpoint_every, keep_best
-        self.tensor_names = [name for name, _ in model.named_parameters()]
+        self.tensor_names = [name for name, _ in self.model.named_parameters()]
         self.hyper = nn.ParameterDict()
         for name, raw in (("lr", math.log(inner_lr)),
                           ("momentum", logit(inner_momentum) if learn_momentum != "fixed" else 0.0)):
@@ -234,10 +235,11 @@ class HyperparameterLearner(Learner):
     def run_problem(self, batch: Any, run: int) -> tuple[TrainLoss, ValLoss, Params]:
         """The losses and initial parameters of run ``run`` of ``batch``: ``train_loss(params, hyper, step)``
         on the step's mini-batch (example weights from ``hyper["weights"]``), ``val_loss(params, hyper)`` on
-        the batch's evaluation set."""
+        the set that scores the run (validation; test at test)."""
         seed = int(batch.seed[run])
         x, y = batch.train_x.to(self.dtype_of_model), batch.train_y
-        eval_x, eval_y = batch.eval_x.to(self.dtype_of_model), batch.eval_y
+        eval_x, eval_y = batch.scored_set(run)
+        eval_x = eval_x.to(self.dtype_of_model)
         generator = torch.Generator().manual_seed(seed)
         order = example_order(len(x), self.inner_steps, self.inner_batch_size, generator)
         order = order.reshape(self.inner_steps, -1).to(x.device)
@@ -310,7 +312,7 @@ class HyperparameterLearner(Learner):
         self.log_values("train", values, units=runs)
 
     def evaluate_tasks(self, batch: Any) -> dict[str, Tensor]:
-        """``loss`` and ``acc`` on the batch's evaluation set of each run trained with the current (validation)
+        """``loss`` and ``acc`` on the set that scores each run (validation, or test) trained with the current (validation)
         or best (test, ``keep_best``) hyper-parameters; with example weights and label noise, the weights'
         ``keep_precision`` and ``keep_recall`` of clean examples (the same for every run)."""
         trainer = attached_trainer(self)
@@ -320,10 +322,11 @@ class HyperparameterLearner(Learner):
         losses, accuracies = [], []
         for run in range(batch.num_tasks):
             params = self.trained_params(batch, run, hyper)
+            x, y = batch.scored_set(run)
             with torch.no_grad():
-                logits = self(params, batch.eval_x.to(self.dtype_of_model))
-                losses.append(F.cross_entropy(logits, batch.eval_y))
-                accuracies.append((logits.argmax(1) == batch.eval_y).to(logits.dtype).mean())
+                logits = self(params, x.to(self.dtype_of_model))
+                losses.append(F.cross_entropy(logits, y))
+                accuracies.append((logits.argmax(1) == y).to(logits.dtype).mean())
         values = {"loss": torch.stack(losses), "acc": torch.stack(accuracies)}
         if "weights" in hyper and batch.flipped.any():
             kept, clean = hyper["weights"] > 0.5, ~batch.flipped

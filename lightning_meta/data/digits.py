@@ -10,8 +10,8 @@ An item is one seeded *run*: a training run of the inner model from scratch whos
 mini-batch order come from the run's seed, drawn from the item's address
 (:func:`~lightning_meta.data.root.item_generator`).  A training step holds ``meta_batch_size`` runs, split
 across processes like episodes; validation and test hold a fixed set of ``val_runs`` / ``test_runs`` runs.
-Every batch (:class:`RunBatch`) carries the training set and the set it is evaluated on (validation, or the
-test set at test), so a learner trains and scores a run from the batch alone.
+Every batch (:class:`RunBatch`) carries the data set and which set scores each run (validation, or the test
+set at test), so a learner trains and scores a run from the batch alone.
 
 Pixels are scaled to [0, 1] (``/ 16``) and flattened to 64 features.
 
@@ -19,13 +19,13 @@ Example::
 
     data = DigitsDataModule(train_samples=600, val_samples=400, test_samples=797, label_noise=0.5)
     data.setup("fit")
-    batch = next(iter(data.train_dataloader()))   # RunBatch: seed [1], train_x [600, 64], eval_x [400, 64]
+    batch = next(iter(data.train_dataloader()))   # RunBatch: seed [1], train_x [600, 64], val_x [400, 64]
     data.flipped.sum()                             # tensor(300)
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 import numpy as np
@@ -45,22 +45,32 @@ _SPLIT_TAG, _NOISE_TAG = 7, 8
 @dataclass
 class RunBatch:
     """``B`` seeded training runs on one data set: ``seed [B]`` (int64) seeds each run's initialisation and
-    mini-batch order, ``index [B]`` is each run's number in its split (``-1``: padding), ``train_x [N, 64]``,
-    ``train_y [N]`` (noisy labels), ``flipped [N]`` (bool: which labels were flipped), ``eval_x [M, 64]``,
-    ``eval_y [M]`` (the validation set in training and validation, the test set at test).
+    mini-batch order, ``index [B]`` is each run's number in its split (``-1``: padding), ``scored_on [B]`` the
+    set each run is scored on (``0``: validation, in training and validation; ``1``: test).  The data set is
+    shared by the batch's runs, not stacked per run (``metadata["shared"]``; a batch's runs are picked or
+    joined along the other fields): ``train_x [N, 64]``, ``train_y [N]`` (noisy labels), ``flipped [N]`` (bool:
+    which labels were flipped), ``val_x``, ``val_y``, ``test_x``, ``test_y``.
 
     Example::
 
         batch.num_tasks      # B
+        batch.scored_set(0)  # (val_x, val_y) or (test_x, test_y)
     """
 
     seed: Tensor
     index: Tensor
-    train_x: Tensor
-    train_y: Tensor
-    flipped: Tensor
-    eval_x: Tensor
-    eval_y: Tensor
+    scored_on: Tensor
+    train_x: Tensor = field(metadata={"shared": True})
+    train_y: Tensor = field(metadata={"shared": True})
+    flipped: Tensor = field(metadata={"shared": True})
+    val_x: Tensor = field(metadata={"shared": True})
+    val_y: Tensor = field(metadata={"shared": True})
+    test_x: Tensor = field(metadata={"shared": True})
+    test_y: Tensor = field(metadata={"shared": True})
+
+    def scored_set(self, run: int) -> tuple[Tensor, Tensor]:
+        """The inputs and labels that score run ``run``."""
+        return (self.test_x, self.test_y) if int(self.scored_on[run]) == 1 else (self.val_x, self.val_y)
 
     @property
     def num_tasks(self) -> int:
@@ -79,7 +89,8 @@ class RunStream(ItemStream):
         index = self.plan[position]
         seeds = [int(torch.randint(2 ** 31, (), generator=item_generator(self.seed, self.split, max(i, 0),
                                                                            self.epoch))) for i in index]
-        return RunBatch(torch.tensor(seeds, dtype=torch.long), torch.tensor(index, dtype=torch.long),
+        scored_on = torch.full((len(index),), int(self.split == "test"), dtype=torch.long)
+        return RunBatch(torch.tensor(seeds, dtype=torch.long), torch.tensor(index, dtype=torch.long), scored_on,
                         **self.tensors)
 
 
@@ -171,17 +182,17 @@ class DigitsDataModule(TaskDataModule):
         self.clean_train_y = clean
         self.splits["train"] = (train_x, noisy)
 
-    def tensors(self, split: str) -> dict[str, Tensor]:
-        """The tensors of a :class:`RunBatch` of ``split``: the (noisy) training set and the set runs are scored
-        on (validation, or test at test)."""
+    def tensors(self) -> dict[str, Tensor]:
+        """The shared data of every :class:`RunBatch`: the (noisy) training set, its flipped mask, the validation
+        and test sets."""
         if not self.splits:
             self.setup()
-        train_x, train_y = self.splits["train"]
-        eval_x, eval_y = self.splits["test" if split == "test" else "val"]
-        return {"train_x": train_x, "train_y": train_y, "flipped": self.flipped, "eval_x": eval_x, "eval_y": eval_y}
+        (train_x, train_y), (val_x, val_y), (test_x, test_y) = (self.splits[s] for s in ("train", "val", "test"))
+        return {"train_x": train_x, "train_y": train_y, "flipped": self.flipped, "val_x": val_x, "val_y": val_y,
+                "test_x": test_x, "test_y": test_y}
 
     def train_dataloader(self) -> ItemLoader:
-        stream = RunStream(self.training_plan(self.steps_per_epoch), self.seed, "train", self.tensors("train"),
+        stream = RunStream(self.training_plan(self.steps_per_epoch), self.seed, "train", self.tensors(),
                            epoch=0)
         return self.loader(stream, training=True)
 
@@ -193,4 +204,4 @@ class DigitsDataModule(TaskDataModule):
 
     def evaluation_loader(self, split: str, runs: int) -> ItemLoader:
         plan = self.evaluation_plan(runs, self.items_per_rank())
-        return self.loader(RunStream(plan, self.seed, split, self.tensors(split)))
+        return self.loader(RunStream(plan, self.seed, split, self.tensors()))
