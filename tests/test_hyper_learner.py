@@ -314,3 +314,30 @@ def test_the_package_exports_hypergradient_callable_even_after_its_module_is_imp
         result = function(train_loss, val_loss, w, hyper, SGD(0.0), steps=1)  # w1 = w (1 - 2 lr): d/dlr = -2
         assert isinstance(result, HyperGradient) and result.grads["update.lr"].item() == pytest.approx(-2.0)
     assert lightning_meta.unrolled_loss(train_loss, val_loss, w, hyper, SGD(0.0), 1).item() == pytest.approx(0.0)
+
+
+def test_resume_mid_epoch_equals_uninterrupted(tmp_path):
+    """An epoch is 3 hyper-steps (validation at its end, keep-best): stopping at 4 is mid-epoch.  The example
+    weights, created at setup, are restored from the checkpoint with Adam's state and the best so far."""
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    def fresh():
+        torch.manual_seed(0)  # the template's own weights (never trained: every run draws its own initialisation)
+        learner = HyperparameterLearner(MLP(64, 10, (8,)), inner_steps=4, inner_batch_size=20,
+                                        learn_lr="per_layer_per_step", learn_example_weights=True, outer_lr=0.1)
+        return learner, small_data(label_noise=0.25, steps_per_epoch=3, meta_batch_size=2)
+
+    model, data = fresh()
+    quiet_trainer(max_steps=8, num_sanity_val_steps=0, default_root_dir=tmp_path / "a").fit(model, data)
+    uninterrupted = {k: v.clone() for k, v in model.state_dict().items()}
+    model, data = fresh()
+    saver = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=4, save_top_k=-1, filename="{step}")
+    quiet_trainer(max_steps=4, num_sanity_val_steps=0, callbacks=[saver], enable_checkpointing=True,
+                  default_root_dir=tmp_path / "b").fit(model, data)
+    model, data = fresh()
+    resumed = quiet_trainer(max_steps=8, num_sanity_val_steps=0, default_root_dir=tmp_path / "c")
+    resumed.fit(model, data, ckpt_path=tmp_path / "ckpt" / "step=4.ckpt")
+    assert resumed.global_step == 8 and math.isfinite(model.best_val_loss.item())
+    assert set(model.state_dict()) == set(uninterrupted)
+    for name, value in uninterrupted.items():
+        assert torch.equal(model.state_dict()[name], value), name
