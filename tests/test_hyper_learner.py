@@ -263,7 +263,8 @@ def test_learned_schedule_beats_the_best_constant_rate(seed):
     learned = validation_loss(model, model.best_raw())
     assert learned == pytest.approx(model.best_val_loss.item(), rel=1e-5)
     ratio = learned / constants[best_rate]
-    print(f"schedule (seed {seed}): best constant {best_rate:.4f} val {constants[best_rate]:.4f}, learned val {learned:.4f}, "
+    print(f"schedule (seed {seed}): best constant {best_rate:.4f} val {constants[best_rate]:.4f}, "
+          f"learned val {learned:.4f}, "
           f"ratio {ratio:.3f}, {time.perf_counter() - start:.0f} s")
     assert ratio < 1.0
 
@@ -275,7 +276,8 @@ def test_two_processes_split_a_meta_batch_of_runs_and_equal_one(tmp_path):
             "4", "--model.init_args.inner_batch_size", "20", "--model.init_args.checkpoint_every", "2",
             "--data.init_args.train_samples", "60", "--data.init_args.val_samples", "40",
             "--data.init_args.test_samples", "40", "--data.init_args.meta_batch_size", "2",
-            "--data.init_args.steps_per_epoch", "2", "--data.init_args.val_runs", "2", "--data.init_args.test_runs", "3",
+            "--data.init_args.steps_per_epoch", "2", "--data.init_args.val_runs", "2",
+            "--data.init_args.test_runs", "3",
             "--trainer.max_epochs", "2", "--trainer.log_every_n_steps", "1"]
     ok(cli("fit", *tiny, "--trainer.logger.init_args.save_dir", "one", cwd=tmp_path))
     ok(cli("fit", *tiny, "--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.logger.init_args.save_dir",

@@ -111,7 +111,8 @@ class HyperparameterLearner(Learner):
     evaluation_needs_grad = True
     throughput_unit = "runs"
 
-    def __init__(self, model: Union[nn.Module, dict[str, Any]], inner_steps: int = 100, inner_batch_size: Optional[int] = 100,
+    def __init__(self, model: Union[nn.Module, dict[str, Any]], inner_steps: int = 100,
+                 inner_batch_size: Optional[int] = 100,
                  inner_optimizer: InnerOptimizer = "momentum", inner_lr: float = 0.1, inner_momentum: float = 0.9,
                  learn_lr: Granularity = "per_layer_per_step", learn_momentum: Granularity = "fixed",
                  learn_example_weights: bool = False, example_weight_init: float = 0.5, inner_init: Init = "default",
@@ -153,7 +154,8 @@ class HyperparameterLearner(Learner):
         self.inner_optimizer, self.inner_lr, self.inner_momentum = inner_optimizer, inner_lr, inner_momentum
         self.granularity = {"lr": learn_lr, "momentum": learn_momentum}
         self.learn_example_weights, self.example_weight_init = learn_example_weights, example_weight_init
-        self.inner_init, self.mode, self.checkpoint_every, self.keep_best = inner_init, mode, checkpoint_every, keep_best
+        self.inner_init, self.mode, self.checkpoint_every = inner_init, mode, checkpoint_every
+        self.keep_best = keep_best
         self.tensor_names = [name for name, _ in self.model.named_parameters()]
         self.hyper = nn.ParameterDict()
         for name, raw in (("lr", math.log(inner_lr)),
@@ -306,14 +308,16 @@ class HyperparameterLearner(Learner):
             self.backpropagate(surrogate, scale=1.0 / runs, last=run == runs - 1)
             losses.append(result.loss)
         self.outer_step()
+        # hypergrad_norm: each run's hypergradient norm w.r.t. the hyper-parameter values (before the chain rule to
+        # the learned parameters and before clipping), averaged over the step's runs
         values: dict[str, Any] = {"loss": torch.stack(losses).mean(), "hypergrad_norm": torch.stack(norms).mean()}
         for name, value in self.hyper_values().items():
             values[f"{name.removeprefix('update.')}_mean"] = value.detach().mean()
         self.log_values("train", values, units=runs)
 
     def evaluate_tasks(self, batch: Any) -> dict[str, Tensor]:
-        """``loss`` and ``acc`` on the set that scores each run (validation, or test) trained with the current (validation)
-        or best (test, ``keep_best``) hyper-parameters; with example weights and label noise, the weights'
+        """``loss`` and ``acc`` of each run on the set that scores it, trained with the current (validation) or
+        best (test, ``keep_best``) hyper-parameters; with example weights and label noise, the weights'
         ``keep_precision`` and ``keep_recall`` of clean examples (the same for every run)."""
         trainer = attached_trainer(self)
         testing = trainer is not None and trainer.testing
