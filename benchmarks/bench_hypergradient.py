@@ -6,7 +6,7 @@ synthetic examples labelled by a random teacher, walked in order), with a rate a
 parameter tensor (``[T, 6]`` each) and a weight per pool example as hyper-parameters; the objective is the
 cross-entropy on 1,000 held-out examples.  One hypergradient of all of them, three ways:
 
-* ``plain``: :func:`lightning_meta.hypergradient.hypergradient`, one graph over the ``T`` steps;
+* ``plain``: :func:`lightning_meta.hypergradients.hypergradient`, one graph over the ``T`` steps;
 * ``segmented (k)``: the same with ``checkpoint_every=k``: a forward sweep without graph keeps the
   parameters and momenta every ``k`` steps, then one segment's graph at a time;
 * ``torch.utils.checkpoint (k)``: the plain graph with each segment of ``k`` steps (second-order inner
@@ -36,7 +36,7 @@ from torch.utils.checkpoint import checkpoint
 
 from benchmarks.common import (ForeignLoad, PeakMemory, add_common_arguments, code_version, format_table,
                                in_fresh_process, max_relative_difference, quiet, write_json)
-from lightning_meta.hypergradient import Hyper, bind_update, hypergradient, leaves, tensors, train
+from lightning_meta.hypergradients import Hyper, bind_update, hypergradient, leaves, tensors, train
 from lightning_meta.inner_loop import Params
 from lightning_meta.inner_updates import MomentumSGD
 

@@ -28,7 +28,7 @@ _ORIGIN: dict[str, str] = {
          "MiniImageNetDataModule", "NpzDataModule", "OmniglotDataModule", "SinusoidDataModule", "TaskDataModule"],
         "lightning_meta.data",
     ),
-    **dict.fromkeys(["hypergradient", "HyperGradient", "unrolled_loss"], "lightning_meta.hypergradient"),
+    **dict.fromkeys(["hypergradient", "HyperGradient", "unrolled_loss"], "lightning_meta.hypergradients"),
     "ConfigurationError": "lightning_meta.errors",
     "EnvTaskBatch": "lightning_meta.tasks",
     "Task": "lightning_meta.tasks",

@@ -8,14 +8,19 @@ import time
 import pytest
 import torch
 import torch.nn.functional as F
-
 from cli_helpers import CONFIGS, cli, ok, rows, the_run
-from lightning_meta import DigitsDataModule, HyperparameterLearner, hypergradient, unrolled_loss
+from meta_helpers import quiet_trainer
+
+from lightning_meta import (
+    DigitsDataModule,
+    HyperparameterLearner,
+    hypergradient,
+    unrolled_loss,
+)
 from lightning_meta.data.digits import RunBatch
 from lightning_meta.errors import ConfigurationError
 from lightning_meta.inner_updates import SGD, MomentumSGD
 from lightning_meta.models import MLP
-from meta_helpers import quiet_trainer
 
 pytest.importorskip("sklearn")
 
@@ -297,9 +302,9 @@ def test_two_processes_split_a_meta_batch_of_runs_and_equal_one(tmp_path):
                 assert float(x[key]) == pytest.approx(float(y[key]), rel=1e-5, abs=1e-6), (key, x, y)
 
 
-def test_the_package_exports_hypergradient_callable_even_after_its_module_is_imported():
+def test_the_package_exports_the_hypergradient_function_after_its_module_is_imported():
     import lightning_meta
-    import lightning_meta.algorithms  # noqa: F401 - imports the module lightning_meta.hypergradient
+    import lightning_meta.algorithms  # noqa: F401 - imports the module lightning_meta.hypergradients
     from lightning_meta import HyperGradient
     from lightning_meta import hypergradient as exported
 

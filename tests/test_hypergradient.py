@@ -1,4 +1,4 @@
-"""Hypergradients through unrolled training and at an optimum (``lightning_meta.hypergradient``), float64.
+"""Hypergradients through unrolled training and at an optimum (``lightning_meta.hypergradients``), float64.
 
 * reverse and forward mode equal central differences of the unrolled objective (an MLP trained 10 steps on
   20 points with a per-step, per-tensor rate, momentum or Nesterov momentum, weight decay and per-example
@@ -17,7 +17,7 @@ from torch import nn
 from torch.func import functional_call
 
 from lightning_meta.errors import ConfigurationError
-from lightning_meta.hypergradient import conjugate_gradient, hypergradient, neumann_series, unrolled_loss
+from lightning_meta.hypergradients import conjugate_gradient, hypergradient, neumann_series, unrolled_loss
 from lightning_meta.inner_loop import adapt
 from lightning_meta.inner_updates import SGD, Adam, MomentumSGD
 

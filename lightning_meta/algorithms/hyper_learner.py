@@ -3,7 +3,7 @@
 One outer step is one (or a meta-batch of) unrolled training run(s): the inner model is trained from scratch
 (initialisation and mini-batch order seeded per run by the data, :class:`~lightning_meta.data.digits.RunBatch`)
 for ``inner_steps`` steps of an inner optimizer whose hyper-parameters are the learner's parameters; the
-validation loss after training is differentiated w.r.t. them by :func:`~lightning_meta.hypergradient.hypergradient`
+validation loss after training is differentiated w.r.t. them by :func:`~lightning_meta.hypergradients.hypergradient`
 (``mode`` reverse / forward / implicit, ``checkpoint_every``), and the outer optimizer (Adam at ``outer_lr``)
 takes one step through the root's :meth:`~lightning_meta.algorithms.learner.Learner.outer_step`, so DDP
 (runs split across ranks, hypergradients averaged), accumulation and ``gradient_clip_val`` (hypergradient
@@ -41,8 +41,6 @@ from __future__ import annotations
 
 import copy
 import math
-import sys
-import types
 from typing import Any, Literal, Optional, Union
 
 import torch
@@ -50,24 +48,30 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_meta.algorithms.learner import Learner
-from lightning_meta.errors import MODEL_ARGS, ConfigurationError, optional_positive, require_choice, require_positive
-from lightning_meta.hypergradient import HyperGradient, Mode, TrainLoss, ValLoss, bind_update, hypergradient, train
+from lightning_meta.errors import (
+    MODEL_ARGS,
+    ConfigurationError,
+    optional_positive,
+    require_choice,
+    require_positive,
+)
+from lightning_meta.hypergradients import (
+    HyperGradient,
+    Mode,
+    TrainLoss,
+    ValLoss,
+    bind_update,
+    hypergradient,
+    train,
+)
 from lightning_meta.inner_loop import Params, Update, example_order
+from lightning_meta.inner_updates import (
+    InnerOptimizer,
+    check_inner_optimizer,
+    inner_optimizer_rule,
+)
 from lightning_meta.internals import attached_trainer
 from lightning_meta.models.backbone import build_module
-from lightning_meta.inner_updates import InnerOptimizer, check_inner_optimizer, inner_optimizer_rule
-
-
-
-class CallableModule(types.ModuleType):
-    """``lightning_meta.hypergradient`` is both a module and the package's exported function: once the module is
-    imported, Python binds the package attribute to the module, so the module also calls the function."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> HyperGradient:
-        return hypergradient(*args, **kwargs)
-
-
-sys.modules["lightning_meta.hypergradient"].__class__ = CallableModule
 
 #: how finely a rate or momentum is learned (``fixed``: not learned)
 Granularity = Literal["fixed", "scalar", "per_step", "per_layer", "per_layer_per_step"]
@@ -192,7 +196,7 @@ class HyperparameterLearner(Learner):
         return {"hyper": list(self.hyper.values())}
 
     def hyper_values(self, raw: Optional[dict[str, Tensor]] = None) -> dict[str, Tensor]:
-        """The hyper-parameters as :func:`~lightning_meta.hypergradient.hypergradient` takes them (``update.lr``
+        """The hyper-parameters as :func:`~lightning_meta.hypergradients.hypergradient` takes them (``update.lr``
         ``[T, P]`` ..., ``weights [N]``), computed from ``raw`` (default: the learned parameters) with graph."""
         raw = dict(self.hyper.items()) if raw is None else raw
         values = {}
