@@ -13,7 +13,7 @@ read by the losses (per-example weights, an L2 penalty).  :func:`hypergradient` 
   first, and the adjoint is pulled back through it: memory of one segment's graph instead of ``T`` steps'
   for one extra forward sweep.  (``torch.utils.checkpoint`` around steps whose inner gradients carry
   ``create_graph`` costs more time and memory than keeping no checkpoint at all: see
-  ``benchmarks/bench_hypergradient.py``.)
+  ``benchmarks/hypergradient_unroll.py``.)
 * ``"forward"``: ``torch.func.jvp`` over the whole unroll, one pass per scalar hyper-parameter element (a
   gradient needs every direction; the cost grows with their number, the memory does not grow with ``T``).
   The losses must be ``torch.func``-compatible (no ``.item()``, no in-place updates of their inputs).

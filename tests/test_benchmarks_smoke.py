@@ -30,6 +30,8 @@ TABLES = {
     "Meta-RL: seconds per meta-iteration, broken down": ("collect s", "curvature s", "line search s", "iteration s"),
     "Unrolled hypergradient: plain vs segmented reverse mode vs torch.utils.checkpoint": ("seconds", "vs plain",
                                                                                           "peak MiB", "grad diff"),
+    "iMAML vs second-order MAML: ms per task and peak memory by inner steps": ("algorithm", "inner steps",
+                                                                              "ms per task", "peak MiB"),
 }
 
 

@@ -386,7 +386,7 @@ def test_memory_does_not_grow_with_the_inner_steps(tmp_path):
     +61 / +68 before the inner loop stopped keeping its trajectory), second-order MAML at least 2x (+41 / +90)."""
     out = tmp_path / "memory.json"
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-m", "benchmarks.bench_imaml", "--hidden", "32", "--meta-batch", "2",
+    done = subprocess.run([sys.executable, "-m", "benchmarks.imaml_step", "--hidden", "32", "--meta-batch", "2",
                            "--warmup", "0", "--measured", "1", "--steps", "5", "50", "--threads", "1",
                            "--json", str(out)], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]

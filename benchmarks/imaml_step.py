@@ -24,9 +24,9 @@ iMAML costs a fixed implicit part (query gradient and 5 Hessian-vector products)
 loop and is the cheaper above about 6 steps; its memory does not grow with the steps, MAML's triples by
 50 (issue 17's prototype, Conv4-64 meta-batch 32: MAML 29/61/202 (16 steps)/417 ms, iMAML 58/70/81/146-171).
 
-    python -m benchmarks.bench_imaml            # 1, 5, 20, 50 inner steps, meta-batch 32 (minutes)
-    python -m benchmarks.bench_imaml --tiny     # seconds: Conv4-8, meta-batch 2, 1 and 5 steps
-    python -m benchmarks.bench_imaml --hidden 32 --meta-batch 2 --warmup 0 --measured 1 --steps 5 50
+    python -m benchmarks.imaml_step            # 1, 5, 20, 50 inner steps, meta-batch 32 (minutes)
+    python -m benchmarks.imaml_step --tiny     # seconds: Conv4-8, meta-batch 2, 2 steps
+    python -m benchmarks.imaml_step --hidden 32 --meta-batch 2 --warmup 0 --measured 1 --steps 5 50
                                                 # tests/test_imaml.py's memory check
 """
 
@@ -61,7 +61,7 @@ from lightning_meta.models import Conv4
 TITLE = "iMAML vs second-order MAML: ms per task and peak memory by inner steps"
 HEADERS = ("algorithm", "inner steps", "ms per task", "peak MiB")
 STEPS = (1, 5, 20, 50)
-TINY_STEPS = (1, 5)
+TINY_STEPS = (2,)
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,8 @@ process (``benchmarks.common.in_fresh_process``), ``VmHWM`` minus the resident s
 problem (``PeakMemory``).  ``grad diff``: largest difference from plain's hypergradient over its largest
 entry.  The issue's target: segmented (k = 10) within 1.6x plain's time and 0.25x its memory at T = 1,000.
 
-    python -m benchmarks.bench_hypergradient --threads 1         # T = 1,000: a few minutes
-    python -m benchmarks.bench_hypergradient --tiny              # T = 20, k = 5: seconds
+    python -m benchmarks.hypergradient_unroll --threads 1         # T = 1,000: a few minutes
+    python -m benchmarks.hypergradient_unroll --tiny              # T = 20, k = 5: seconds
 """
 
 from __future__ import annotations
