@@ -194,8 +194,8 @@ def test_snail_beats_the_pixel_baseline_on_held_out_hanzi():
     read the labels: here training accuracy stays at 20% for ~150 meta-batches, then climbs to ~90% by
     400 (Conv4-32, attention widths a quarter of the paper's, Adam 3e-3, tenfold lower after 360 of
     450 meta-batches).  Measured on 300 episodes, seeds 0 / 1 / 2: 89.1% +- 1.2%, 85.9% +- 1.3%,
-    88.2% +- 1.1% against pixels 80.5%
-    (asserted: beyond 3 CIs, 83.8-84.3%); FITTIME
+    88.2% +- 1.1% against pixels 80.5% (asserted: beyond 3 CIs, 83.8-84.3%); the test takes ~125 s of
+    CPU on one thread (146 s on a 2-core machine loaded by other jobs).
     Before the decay, 550 meta-batches at a constant 3e-3 (~22% more fit time): 89.5%, 87.3%, 88.0%;
     450 at a constant rate were not enough for seed 1; 1 or 3 queries per class or a Conv4-16 were
     worse (78-85%); Adam 5e-3 decayed by a cosine over 400 meta-batches left seed 1 at 44% training
