@@ -32,7 +32,7 @@ Example::
 
 from __future__ import annotations
 
-from typing import Any, Callable, Literal, Mapping, Optional, Sequence
+from typing import Any, Callable, Iterator, Literal, Mapping, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -77,12 +77,34 @@ def adapt(
     Mathematically a no-op.
 
     Pure: no module is mutated and nothing is kept between calls, so it runs under
-    ``torch.func.grad``, ``vmap`` and ``jvp``.
+    ``torch.func.grad``, ``vmap`` and ``jvp``.  :func:`adaptation_steps` yields the same points one at a time.
+    """
+    require_choice("graph", graph, Graph)
+    start = detached(params) if graph == "none" else params
+    return [start, *(point for point, _ in adaptation_steps(support_loss, params, steps, update, graph, loss_scale,
+                                                             state))]
+
+
+def adaptation_steps(
+    support_loss: SupportLoss,
+    params: Params,
+    steps: int,
+    update: Update,
+    graph: Graph,
+    loss_scale: float = 1.0,
+    state: Any = None,
+) -> Iterator[tuple[Params, Any]]:
+    """:func:`adapt`'s steps as a generator of ``(params_{t+1}, state_{t+1})``: a caller that needs only the
+    last point (iMAML, whose memory must not grow with the steps) keeps one at a time.
+
+    Example::
+
+        for params, state in adaptation_steps(support_loss, params, 50, SGD(0.1), "none"):
+            pass                                             # params: the last point
     """
     require_choice("graph", graph, Graph)
     if graph == "none":
         params = detached(params)
-    trajectory = [params]
     for step in range(steps):
         grads, loss = inner_gradients(lambda p, step=step: support_loss(p, step) * loss_scale, params, graph)
         if loss_scale != 1.0:
@@ -91,8 +113,7 @@ def adapt(
         params, state = update(params, grads, loss, state, step)
         if graph == "none":
             params = detached(params)
-        trajectory.append(params)
-    return trajectory
+        yield params, state
 
 
 def inner_gradients(loss: Callable[[Params], Tensor], params: Params, graph: Graph) -> tuple[Params, Tensor]:
