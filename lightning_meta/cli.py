@@ -47,6 +47,7 @@ from lightning_meta.callbacks import (
     EpisodeGallery,
     EpisodeResultsCSV,
     EpisodeTable,
+    HyperparameterPlot,
     RegressionPlot,
     TrajectoryPlot,
 )
@@ -121,9 +122,10 @@ def with_config_paths(args: list[str]) -> list[str]:
 
 def visual_callbacks() -> list[pl.Callback]:
     """What ``--visuals true`` (the default) adds: adaptation curve, episode gallery, regression plot,
-    the test episodes' W&B table, 2D navigation trajectories (each skips the learners and data it does not
-    apply to)."""
-    return [AdaptationCurve(), EpisodeGallery(), RegressionPlot(), EpisodeTable(), TrajectoryPlot()]
+    the test episodes' W&B table, 2D navigation trajectories, learned hyper-parameters (each skips the learners
+    and data it does not apply to)."""
+    return [AdaptationCurve(), EpisodeGallery(), RegressionPlot(), EpisodeTable(), TrajectoryPlot(),
+            HyperparameterPlot()]
 
 
 # ---------------------------------------------------------------------- loggers of the config

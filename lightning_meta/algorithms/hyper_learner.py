@@ -216,6 +216,12 @@ class HyperparameterLearner(Learner):
             return {name: value.detach() for name, value in self.hyper.items()}
         return {name: getattr(self, f"best_{name}") for name in self.hyper}
 
+    def evaluated_hyper_values(self, testing: bool) -> dict[str, Tensor]:
+        """The hyper-parameter values an evaluation trains with (no graph): the best on validation at test
+        (``keep_best``), else the current ones."""
+        raw = self.best_raw() if testing and self.keep_best else {k: v.detach() for k, v in self.hyper.items()}
+        return {key: value.detach() for key, value in self.hyper_values(raw).items()}
+
     def update_rule(self) -> Update:
         """The inner optimizer with the fixed values; the learned ones are set per step by ``hypergradient``."""
         return inner_optimizer_rule(self.inner_optimizer, self.inner_lr, self.inner_momentum)
@@ -307,14 +313,18 @@ class HyperparameterLearner(Learner):
                     raise FloatingPointError(
                         f"the hypergradient of {key!r} is not finite at global step {self.global_step}: lower "
                         f"{MODEL_ARGS}outer_lr, set {MODEL_ARGS}gradient_clip_val, or lower inner_lr")
-            norms.append(torch.sqrt(sum((g ** 2).sum() for g in grads.values())))
+            norms.append(torch.stack([g.square().sum() for g in grads.values()]).sqrt())
             surrogate = sum((hyper[key] * g.detach()).sum() for key, g in grads.items())
             self.backpropagate(surrogate, scale=1.0 / runs, last=run == runs - 1)
             losses.append(result.loss)
         self.outer_step()
         # hypergrad_norm: each run's hypergradient norm w.r.t. the hyper-parameter values (before the chain rule to
         # the learned parameters and before clipping), averaged over the step's runs
-        values: dict[str, Any] = {"loss": torch.stack(losses).mean(), "hypergrad_norm": torch.stack(norms).mean()}
+        # hypergrad_norm_<name>: the same, of one kind of hyper-parameter (lr, momentum, weights)
+        norms = torch.stack(norms)
+        values: dict[str, Any] = {"loss": torch.stack(losses).mean(), "hypergrad_norm": norms.norm(dim=1).mean()}
+        for column, key in enumerate(grads):
+            values[f"hypergrad_norm_{key.removeprefix('update.')}"] = norms[:, column].mean()
         for name, value in self.hyper_values().items():
             values[f"{name.removeprefix('update.')}_mean"] = value.detach().mean()
         self.log_values("train", values, units=runs)
@@ -324,9 +334,7 @@ class HyperparameterLearner(Learner):
         best (test, ``keep_best``) hyper-parameters; with example weights and label noise, the weights'
         ``keep_precision`` and ``keep_recall`` of clean examples (the same for every run)."""
         trainer = attached_trainer(self)
-        testing = trainer is not None and trainer.testing
-        raw = self.best_raw() if testing and self.keep_best else {k: v.detach() for k, v in self.hyper.items()}
-        hyper = {key: value.detach() for key, value in self.hyper_values(raw).items()}
+        hyper = self.evaluated_hyper_values(trainer is not None and trainer.testing)
         losses, accuracies = [], []
         for run in range(batch.num_tasks):
             params = self.trained_params(batch, run, hyper)

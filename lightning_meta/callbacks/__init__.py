@@ -1,5 +1,6 @@
 """Meta-learning callbacks: model selection, per-episode results, predictions on new classes, and what to look at
-(adaptation curves, episode galleries, regression tasks, the test episodes in W&B, meta-RL trajectories)."""
+(adaptation curves, episode galleries, regression tasks, the test episodes in W&B, meta-RL trajectories,
+learned hyper-parameters)."""
 
 from lightning_meta.callbacks.best_checkpoint import BestCheckpoint
 from lightning_meta.callbacks.episode_csv import EpisodeResultsCSV
@@ -7,8 +8,9 @@ from lightning_meta.callbacks.prediction_csv import PredictionCSV
 from lightning_meta.callbacks.adaptation_curve import AdaptationCurve
 from lightning_meta.callbacks.episode_gallery import EpisodeGallery
 from lightning_meta.callbacks.episode_table import EpisodeTable
+from lightning_meta.callbacks.hyperparameter_plot import HyperparameterPlot
 from lightning_meta.callbacks.regression_plot import RegressionPlot
 from lightning_meta.callbacks.trajectory_plot import TrajectoryPlot
 
 __all__ = ["BestCheckpoint", "EpisodeResultsCSV", "PredictionCSV"]
-__all__ += ["AdaptationCurve", "EpisodeGallery", "EpisodeTable", "RegressionPlot", "TrajectoryPlot"]
+__all__ += ["AdaptationCurve", "EpisodeGallery", "EpisodeTable", "HyperparameterPlot", "RegressionPlot", "TrajectoryPlot"]
