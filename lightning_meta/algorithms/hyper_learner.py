@@ -20,9 +20,12 @@ What is learned, each through a transform that keeps it valid:
 
 Keep-best-on-validation (``keep_best``): at each validation the hyper-parameters are scored by fixed seeded
 runs (``val/loss``); the best so far are kept (``best_hyper``, in checkpoints) and ``test`` uses them.  Test
-logs ``test/loss`` and ``test/acc`` of runs trained with them and, with example weights and label noise,
-``test/keep_precision`` and ``test/keep_recall``: of the examples weighted above 0.5, the fraction whose labels
-are clean, and of the clean examples, the fraction weighted above 0.5.
+logs ``test/loss`` and ``test/acc`` of runs trained with them and, with example weights,
+``test/retrained_loss`` and ``test/retrained_acc`` of runs trained (without weights) on the examples weighted
+above 0.5 together with the validation set, as Franceschi et al. compare with an oracle trained on the clean
+training and the validation examples; with label noise, ``test/keep_precision`` and ``test/keep_recall``: of
+the examples weighted above 0.5, the fraction whose labels are clean, and of the clean examples, the fraction
+weighted above 0.5.
 
 References: Maclaurin, Duvenaud & Adams 2015, "Gradient-based hyperparameter optimization through
 reversible learning"; Franceschi et al. 2017, "Forward and reverse gradient-based hyperparameter
@@ -110,8 +113,8 @@ class HyperparameterLearner(Learner):
 
     selection_metric = "loss"
     selection_mode = "min"
-    fractions = ("acc", "keep_precision", "keep_recall")
-    summary_names = ("loss", "acc", "keep_precision", "keep_recall")
+    fractions = ("acc", "retrained_acc", "keep_precision", "keep_recall")
+    summary_names = ("loss", "acc", "retrained_loss", "retrained_acc", "keep_precision", "keep_recall")
     evaluation_needs_grad = True
     throughput_unit = "runs"
 
@@ -244,12 +247,15 @@ class HyperparameterLearner(Learner):
     def forward(self, params: Params, x: Tensor) -> Tensor:
         return torch.func.functional_call(self.model, params, (x,))
 
-    def run_problem(self, batch: Any, run: int) -> tuple[TrainLoss, ValLoss, Params]:
+    def run_problem(self, batch: Any, run: int, train_set: Optional[tuple[Tensor, Tensor]] = None
+                    ) -> tuple[TrainLoss, ValLoss, Params]:
         """The losses and initial parameters of run ``run`` of ``batch``: ``train_loss(params, hyper, step)``
         on the step's mini-batch (example weights from ``hyper["weights"]``), ``val_loss(params, hyper)`` on
-        the set that scores the run (validation; test at test)."""
+        the set that scores the run (validation; test at test).  ``train_set``: train on these inputs and labels
+        in place of the batch's training set."""
         seed = int(batch.seed[run])
-        x, y = batch.train_x.to(self.dtype_of_model), batch.train_y
+        x, y = (batch.train_x, batch.train_y) if train_set is None else train_set
+        x = x.to(self.dtype_of_model)
         eval_x, eval_y = batch.scored_set(run)
         eval_x = eval_x.to(self.dtype_of_model)
         generator = torch.Generator().manual_seed(seed)
@@ -280,9 +286,11 @@ class HyperparameterLearner(Learner):
         return hypergradient(train_loss, val_loss, params, hyper, self.update_rule(), self.inner_steps, self.mode,
                              self.checkpoint_every)
 
-    def trained_params(self, batch: Any, run: int, hyper: dict[str, Tensor]) -> Params:
-        """The inner model's parameters after run ``run`` of ``batch`` with the hyper-parameters ``hyper``."""
-        train_loss, _, params = self.run_problem(batch, run)
+    def trained_params(self, batch: Any, run: int, hyper: dict[str, Tensor],
+                       train_set: Optional[tuple[Tensor, Tensor]] = None) -> Params:
+        """The inner model's parameters after run ``run`` of ``batch`` with the hyper-parameters ``hyper`` (on
+        ``train_set`` if given, see :meth:`run_problem`)."""
+        train_loss, _, params = self.run_problem(batch, run, train_set)
         hyper = {key: value.detach() for key, value in hyper.items()}
         rule = bind_update(self.update_rule(), hyper, list(params))
         final, _ = train(train_loss, params, hyper, rule, 0, self.inner_steps, None, "none")
@@ -331,19 +339,20 @@ class HyperparameterLearner(Learner):
 
     def evaluate_tasks(self, batch: Any) -> dict[str, Tensor]:
         """``loss`` and ``acc`` of each run on the set that scores it, trained with the current (validation) or
-        best (test, ``keep_best``) hyper-parameters; with example weights and label noise, the weights'
-        ``keep_precision`` and ``keep_recall`` of clean examples (the same for every run)."""
+        best (test, ``keep_best``) hyper-parameters; with example weights, at test, ``retrained_loss`` and
+        ``retrained_acc`` of runs trained without weights on the kept examples (weight > 0.5) and the validation
+        set (Franceschi et al.'s comparison with their oracle, clean training + validation examples); with label
+        noise, the weights' ``keep_precision`` and ``keep_recall`` of clean examples (the same for every run)."""
         trainer = attached_trainer(self)
-        hyper = self.evaluated_hyper_values(trainer is not None and trainer.testing)
-        losses, accuracies = [], []
-        for run in range(batch.num_tasks):
-            params = self.trained_params(batch, run, hyper)
-            x, y = batch.scored_set(run)
-            with torch.no_grad():
-                logits = self(params, x.to(self.dtype_of_model))
-                losses.append(F.cross_entropy(logits, y))
-                accuracies.append((logits.argmax(1) == y).to(logits.dtype).mean())
-        values = {"loss": torch.stack(losses), "acc": torch.stack(accuracies)}
+        testing = trainer is not None and trainer.testing
+        hyper = self.evaluated_hyper_values(testing)
+        values = self.scores(batch, hyper)
+        if "weights" in hyper and testing:
+            kept = hyper["weights"] > 0.5
+            train_set = (torch.cat([batch.train_x[kept], batch.val_x]), torch.cat([batch.train_y[kept], batch.val_y]))
+            unweighted = {key: value for key, value in hyper.items() if key != "weights"}
+            retrained = self.scores(batch, unweighted, train_set)
+            values.update(retrained_loss=retrained["loss"], retrained_acc=retrained["acc"])
         if "weights" in hyper and batch.flipped.any():
             kept, clean = hyper["weights"] > 0.5, ~batch.flipped
             precision = (kept & clean).sum() / kept.sum().clamp(min=1)
@@ -351,6 +360,20 @@ class HyperparameterLearner(Learner):
             values["keep_precision"] = precision.to(values["acc"].dtype).expand(batch.num_tasks)
             values["keep_recall"] = recall.to(values["acc"].dtype).expand(batch.num_tasks)
         return values
+
+    def scores(self, batch: Any, hyper: dict[str, Tensor], train_set: Optional[tuple[Tensor, Tensor]] = None
+               ) -> dict[str, Tensor]:
+        """``loss`` and ``acc`` ``[runs]`` on the set that scores each run of ``batch``, trained with ``hyper`` (on
+        ``train_set`` if given)."""
+        losses, accuracies = [], []
+        for run in range(batch.num_tasks):
+            params = self.trained_params(batch, run, hyper, train_set)
+            x, y = batch.scored_set(run)
+            with torch.no_grad():
+                logits = self(params, x.to(self.dtype_of_model))
+                losses.append(F.cross_entropy(logits, y))
+                accuracies.append((logits.argmax(1) == y).to(logits.dtype).mean())
+        return {"loss": torch.stack(losses), "acc": torch.stack(accuracies)}
 
     def log_results(self, stage: str) -> dict[str, tuple[float, float]]:
         """The root's, and at validation: keep the hyper-parameters if their validation loss is the best so far."""
