@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from cli_helpers import CONFIGS, REPO, cli, last_line, ok
+from cli_helpers import CONFIGS, REPO, cli, last_line, ok, the_run, weights
 from fixtures_images import make_omniglot
 from meta_helpers import meta_gradient, random_classification_batch
 from torch import nn
@@ -356,6 +356,23 @@ def test_a_checkpoint_tests_as_fit_tested_it(fitted):
     tested = ok(cli("test", "--config", CONFIGS / "imaml_omniglot_5w1s.yaml", "--data.init_args.root", root,
                     "--ckpt_path", best, *SMALL, cwd=work))
     assert printed_test_acc(tested.stdout + tested.stderr) == printed_test_acc(output)
+
+
+def test_two_processes_equal_one_through_the_cli(fitted):
+    """``--trainer.devices 2 --trainer.strategy ddp``: each process adapts one task of the meta-batch of 2 and DDP
+    averages the implicit meta-gradients, so the run ends with the one-process run's weights and test."""
+    work, root, output = fitted
+    two = ok(cli("fit", "--config", CONFIGS / "imaml_omniglot_5w1s.yaml", "--data.init_args.root", root,
+                 "--trainer.max_epochs", "2", *SMALL, "--trainer.devices", "2", "--trainer.strategy", "ddp",
+                 "--trainer.logger.init_args.save_dir", "two", cwd=work, timeout=600))
+    one_run, two_run = the_run(work / "runs" / "imaml_omniglot_5w1s"), the_run(work / "two")
+    one_weights, two_weights = weights(one_run / "checkpoints" / "last.ckpt"), weights(two_run / "checkpoints" / "last.ckpt")
+    assert one_weights.keys() == two_weights.keys()
+    for name in one_weights:
+        torch.testing.assert_close(two_weights[name], one_weights[name], rtol=1e-4, atol=1e-6, msg=name)
+    steps = [torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] for run in (one_run, two_run)]
+    assert steps == [4, 4]   # 2 epochs of 2 meta-batches on either
+    assert printed_test_acc(two.stdout + two.stderr) == printed_test_acc(output)
 
 
 def test_the_quick_start_config_runs(tmp_path):
