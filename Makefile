@@ -25,6 +25,9 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install --quiet cython numpy
 	$(PY) -c "import learn2learn" 2>/dev/null || $(PY) -m pip install --quiet --no-build-isolation \
 		--config-settings=--build-option=build_ext learn2learn==0.2.0
+	# the rest of the reference extra, pinned (their dependencies optree, graphviz, numpy, typing-extensions
+	# leave torch as it is); TorchOpt's C++ ops do not load on torch 2.14.1, its pure-Python path works
+	$(PY) -m pip install --quiet higher==0.2.1 torchopt==0.7.3
 	$(PY) -m pip install --quiet -e ".[dev,rl]"
 	touch $(STAMP)
 
