@@ -16,7 +16,7 @@ from torch import Tensor
 
 from lightning_meta.callbacks.drawing import BLACK, GREEN, GREY, RED, WHITE, font, image_tile, save_png, \
     stack_vertically, text_size
-from lightning_meta.callbacks.fixed_episodes import STAGES, FixedEpisodeCallback, wandb_loggers
+from lightning_meta.callbacks.fixed_episodes import STAGES, FixedEpisodeCallback, check_settings, wandb_loggers
 from lightning_meta.callbacks.run_folder import output_dir
 from lightning_meta.tasks import Task, TaskBatch
 
@@ -63,9 +63,7 @@ class EpisodeGallery(FixedEpisodeCallback):
     def __init__(self, episodes: int = 2, max_queries: int = 20, tile: int = 56, columns: int = 10,
                  stages: Sequence[str] = STAGES, every_n_epochs: int = 1):
         super().__init__(episodes, stages, every_n_epochs)
-        for name, value in (("max_queries", max_queries), ("tile", tile), ("columns", columns)):
-            if value < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}")
+        check_settings(stages, max_queries=max_queries, tile=tile, columns=columns)
         self.max_queries, self.tile, self.columns = max_queries, tile, columns
         self.written: list[str] = []
 

@@ -105,6 +105,39 @@ def side_evaluation(pl_module: pl.LightningModule) -> Iterator[None]:
         np.random.set_state(numpy_state)
 
 
+def check_settings(stages: Sequence[str], **counts: int) -> tuple[str, ...]:
+    """Refuse a visual callback's counts below 1 and unknown stages; the stages as a tuple."""
+    for name, value in counts.items():
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
+    unknown = sorted(set(stages) - set(STAGES))
+    if unknown:
+        raise ValueError(f"stages {unknown} are unknown: choose among {', '.join(STAGES)}")
+    return tuple(stages)
+
+
+class EvaluationPlot(pl.Callback):
+    """Base of the callbacks that draw after each ``every_n_epochs``-th validation epoch and after the test,
+    for the ``stages`` asked: subclasses implement :meth:`plot` and list the files they write in ``written``.
+    ``counts``: the subclass's other settings that must be at least 1 (checked with the stages)."""
+
+    def __init__(self, stages: Sequence[str], every_n_epochs: int, **counts: int):
+        self.stages = check_settings(stages, every_n_epochs=every_n_epochs, **counts)
+        self.every_n_epochs = every_n_epochs
+        self.written: list[str] = []
+
+    def plot(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Draw, write and log what ``stage`` shows."""
+        raise NotImplementedError
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking and (trainer.current_epoch + 1) % self.every_n_epochs == 0:
+            self.plot(trainer, pl_module, "val")
+
+    def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.plot(trainer, pl_module, "test")
+
+
 class FixedEpisodeCallback(pl.Callback):
     """Base of the callbacks that look at a few fixed episodes after each evaluation (module docstring).
 
@@ -119,15 +152,8 @@ class FixedEpisodeCallback(pl.Callback):
     """
 
     def __init__(self, episodes: int, stages: Sequence[str] = STAGES, every_n_epochs: int = 1):
-        if episodes < 1:
-            raise ValueError(f"episodes must be >= 1, got {episodes}")
-        if every_n_epochs < 1:
-            raise ValueError(f"every_n_epochs must be >= 1, got {every_n_epochs}")
-        unknown = sorted(set(stages) - set(STAGES))
-        if unknown:
-            raise ValueError(f"stages {unknown} are unknown: choose among {', '.join(STAGES)}")
+        self.stages = check_settings(stages, episodes=episodes, every_n_epochs=every_n_epochs)
         self.episodes = episodes
-        self.stages = tuple(stages)
         self.every_n_epochs = every_n_epochs
         self._captured: dict[str, list[TaskBatch]] = {}
         self._said: set[str] = set()

@@ -20,14 +20,14 @@ from PIL import Image
 from torch import Tensor
 
 from lightning_meta.callbacks.drawing import GREEN, PALETTE, RED, Series, line_chart, save_png
-from lightning_meta.callbacks.fixed_episodes import STAGES, wandb_loggers
+from lightning_meta.callbacks.fixed_episodes import STAGES, EvaluationPlot, wandb_loggers
 from lightning_meta.callbacks.run_folder import output_dir
 
 #: picture name -> (key of the learner's hyper-parameter values, y axis label)
 SCHEDULES = {"lr_schedule": ("update.lr", "log10 learning rate"), "momentum_schedule": ("update.momentum", "momentum")}
 
 
-class HyperparameterPlot(pl.Callback):
+class HyperparameterPlot(EvaluationPlot):
     """Draw the learned rate and momentum schedules and the histogram of learned example weights.
 
     At the end of each validation epoch (after every ``every_n_epochs``-th) and of the test, rank 0 asks the
@@ -61,21 +61,8 @@ class HyperparameterPlot(pl.Callback):
 
     def __init__(self, stages: Sequence[str] = STAGES, every_n_epochs: int = 1, bins: int = 20,
                  size: tuple[int, int] = (640, 480)):
-        for name, value in (("every_n_epochs", every_n_epochs), ("bins", bins)):
-            if value < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}")
-        unknown = sorted(set(stages) - set(STAGES))
-        if unknown:
-            raise ValueError(f"stages {unknown} are unknown: choose among {', '.join(STAGES)}")
-        self.stages, self.every_n_epochs, self.bins, self.size = tuple(stages), every_n_epochs, bins, tuple(size)
-        self.written: list[str] = []
-
-    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not trainer.sanity_checking and (trainer.current_epoch + 1) % self.every_n_epochs == 0:
-            self.plot(trainer, pl_module, "val")
-
-    def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.plot(trainer, pl_module, "test")
+        super().__init__(stages, every_n_epochs, bins=bins)
+        self.bins, self.size = bins, tuple(size)
 
     def plot(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         """Draw, write and log ``stage``'s pictures (rank 0)."""

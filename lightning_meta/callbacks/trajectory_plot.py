@@ -28,7 +28,7 @@ from lightning_meta.callbacks.drawing import (
     save_png,
 )
 from lightning_meta.callbacks.fixed_episodes import (
-    STAGES,
+    EvaluationPlot,
     side_evaluation,
     wandb_loggers,
 )
@@ -41,7 +41,7 @@ from lightning_meta.tasks import EnvTaskBatch
 GOAL_SQUARE = 0.5
 
 
-class TrajectoryPlot(pl.Callback):
+class TrajectoryPlot(EvaluationPlot):
     """Draw the paths of a few episodes on fixed 2D navigation tasks, before and after adaptation.
 
     At the end of each validation epoch (and of the test, if asked), rank 0 takes the split's first
@@ -78,23 +78,8 @@ class TrajectoryPlot(pl.Callback):
 
     def __init__(self, tasks: int = 4, episodes: int = 3, panel: tuple[int, int] = (300, 300),
                  stages: Sequence[str] = ("val",), every_n_epochs: int = 1):
-        for name, value in (("tasks", tasks), ("episodes", episodes), ("every_n_epochs", every_n_epochs)):
-            if value < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}")
-        unknown = sorted(set(stages) - set(STAGES))
-        if unknown:
-            raise ValueError(f"stages {unknown} are unknown: choose among {', '.join(STAGES)}")
+        super().__init__(stages, every_n_epochs, tasks=tasks, episodes=episodes)
         self.tasks, self.episodes, self.panel = tasks, episodes, tuple(panel)
-        self.stages = tuple(stages)
-        self.every_n_epochs = every_n_epochs
-        self.written: list[str] = []
-
-    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not trainer.sanity_checking and (trainer.current_epoch + 1) % self.every_n_epochs == 0:
-            self.plot(trainer, pl_module, "val")
-
-    def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.plot(trainer, pl_module, "test")
 
     def fixed_tasks(self, trainer: pl.Trainer, stage: str) -> EnvTaskBatch | None:
         """The split's first ``tasks`` tasks with their keys, as its loader deals them (``None``: not 2D navigation)."""
