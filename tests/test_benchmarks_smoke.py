@@ -32,6 +32,8 @@ TABLES = {
                                                                                           "peak MiB", "grad diff"),
     "iMAML vs second-order MAML: ms per task and peak memory by inner steps": ("algorithm", "inner steps",
                                                                               "ms per task", "peak MiB"),
+    "Against published code: hypergradient vs higher, iMAML vs TorchOpt custom_root": ("implementation", "ref/ours",
+                                                                                       "grad diff"),
 }
 
 
