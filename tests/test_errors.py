@@ -22,7 +22,7 @@ class TinyImages(EpisodicDataModule):
 
 
 @pytest.mark.parametrize("field,value", [
-    ("ways", 0), ("shots", -1), ("queries", 0), ("meta_batch_size", 0), ("episodes_per_epoch", 0),
+    ("ways", 0), ("shots", -1), ("queries", -1), ("test_queries", -1), ("meta_batch_size", 0), ("episodes_per_epoch", 0),
     ("test_ways", 0), ("test_episodes", -5), ("num_workers", -1),
 ])
 def test_non_positive_data_settings(field, value):
@@ -48,6 +48,19 @@ def test_unknown_algorithm_options(field, value):
 def test_anil_needs_a_head():
     with pytest.raises(ConfigurationError, match="model.init_args.head"):
         ANIL(MLP(), head="classifier")
+
+
+def test_zero_queries_reach_only_learners_without_a_query_set():
+    data = TinyImages(ways=5, shots=1, queries=0, test_queries=0)
+    data.setup("fit")
+    assert data.setting("val") == (5, 1, 0)
+    task = data.source("train").sample(torch.Generator().manual_seed(0), 5, 1, 0)
+    assert task.support_x.shape[0] == 5 and task.query_x.shape[0] == 0
+    with pytest.raises(ConfigurationError, match="data.init_args.queries=0: MAML scores a query set"):
+        MAML(Conv4(1, out_features=5, hidden_channels=4, image_size=8)).check_stage(data, "fit")
+    model = MAML(Conv4(1, out_features=5, hidden_channels=4, image_size=8))
+    model.needs_queries = False
+    model.check_stage(data, "fit")
 
 
 def test_more_ways_than_classes():

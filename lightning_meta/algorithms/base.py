@@ -34,7 +34,7 @@ from lightning_meta.algorithms.support_prediction import (
     support_set_ways,
     task_probabilities,
 )
-from lightning_meta.errors import MODEL_ARGS, ConfigurationError, optional_positive, require_choice
+from lightning_meta.errors import DATA_ARGS, MODEL_ARGS, ConfigurationError, optional_positive, require_choice
 from lightning_meta.inner_loop import Params, choose_batching, vmap_meta_gradients
 from lightning_meta.metrics import SUMMARY_ORDER, episode_scores
 from lightning_meta.tasks import TaskBatch
@@ -72,6 +72,9 @@ class MetaLearner(Learner):
     fractions = ("acc",)
     summary_names = SUMMARY_ORDER
     evaluation_needs_grad = True
+    #: Whether the learner scores a query set: ``False`` for learners that adapt on support sets alone
+    #: (generators); those accept ``data.init_args.queries: 0``, the others reject it before training.
+    needs_queries: bool = True
 
     #: Whether ``batching`` (loop / vmap of the tasks' inner loops) means anything for this learner;
     #: ``False``: tasks always run one by one (or the learner batches them itself).
@@ -247,6 +250,11 @@ class MetaLearner(Learner):
         adaptation via :meth:`probe`; subclasses with stronger assumptions extend it.
         """
         ways, shots, queries = datamodule.setting(split)
+        if queries == 0 and self.needs_queries:
+            field = "queries" if split == "train" else "test_queries"
+            raise ConfigurationError(
+                f"{DATA_ARGS}{field}=0: {type(self).__name__} scores a query set; give each class at least one"
+                f" query (e.g. {field}: 15). Only learners without a query set (generators) take 0")
         task = datamodule.source(split).sample(torch.Generator().manual_seed(0), ways, shots, queries)
         try:
             with torch.no_grad():

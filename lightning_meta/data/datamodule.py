@@ -23,7 +23,8 @@ class EpisodicDataModule(TaskDataModule):
     its items (episodes here), and rejects impossible settings before training.
 
     Args:
-        ways, shots, queries: the training episodes (N classes, K support and Q query samples each).
+        ways, shots, queries: the training episodes (N classes, K support and Q query samples each;
+            ``queries: 0`` serves support sets alone, for learners that declare no query set).
         test_ways, test_shots, test_queries: validation and test episodes (default: as training).
         meta_batch_size: tasks per outer step, summed over all processes (each of ``W`` processes
             draws ``meta_batch_size / W`` of them).
@@ -91,12 +92,16 @@ class EpisodicDataModule(TaskDataModule):
                                      f"{DATA_ARGS}train_batches: supervised, or leave batch_size unset (episodes use "
                                      "meta_batch_size)")
         self.train_batches, self.batch_size = train_batches, batch_size
-        for name, value in (("ways", ways), ("shots", shots), ("queries", queries),
+        for name, value in (("ways", ways), ("shots", shots),
                             ("meta_batch_size", meta_batch_size), ("episodes_per_epoch", episodes_per_epoch),
                             ("val_episodes", val_episodes), ("test_episodes", test_episodes)):
             require_positive(DATA_ARGS + name, value)
-        for name, value in (("test_ways", test_ways), ("test_shots", test_shots), ("test_queries", test_queries)):
+        for name, value in (("test_ways", test_ways), ("test_shots", test_shots)):
             optional_positive(DATA_ARGS + name, value)
+        # 0 queries: support sets only, for learners without a query set (generators such as FIGR); a
+        # learner that needs queries says so when it meets the data module
+        require_positive(DATA_ARGS + "queries", queries, allow_zero=True)
+        optional_positive(DATA_ARGS + "test_queries", test_queries, allow_zero=True)
         require_positive(DATA_ARGS + "num_workers", num_workers, allow_zero=True)
         if episodes_per_epoch < meta_batch_size:
             raise ConfigurationError(
@@ -105,7 +110,7 @@ class EpisodicDataModule(TaskDataModule):
         self.ways, self.shots, self.queries = ways, shots, queries
         self.test_ways = test_ways or ways
         self.test_shots = test_shots or shots
-        self.test_queries = test_queries or queries
+        self.test_queries = queries if test_queries is None else test_queries
         self.meta_batch_size = meta_batch_size
         self.episodes_per_epoch = episodes_per_epoch
         self.val_episodes, self.test_episodes = val_episodes, test_episodes
