@@ -1,0 +1,1 @@
+"""Class splits of the benchmark data sets (JSON files shipped with the package)."""
