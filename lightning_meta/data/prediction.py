@@ -2,7 +2,8 @@
 
 * ``support_dir/<class>/<image>``: the labelled examples of the new classes; class names are the
   folder names, sorted, and class ``c`` is the ``c``-th of them;
-* ``query_dir/<image>`` (sub-folders allowed): the images to classify, in sorted path order.
+* ``query_dir/<image>`` (sub-folders allowed): the images to classify, in sorted path order; generators
+  (FIGR), which adapt to the support folder alone, take no query folder (:func:`read_support_set`).
 
 :func:`read_prediction_set` lists both folders, checks every image's header against the data
 module's :class:`~lightning_meta.data.preprocessing.ImagePreprocessing` (size and channels where it
@@ -119,18 +120,37 @@ def check_headers(paths: Sequence[Path], preprocessing: ImagePreprocessing, fiel
 
 # --------------------------------------------------------------------------- reading
 def read_prediction_set(support_dir: Optional[str], query_dir: Optional[str], preprocessing: ImagePreprocessing,
-                        module: str = "the data module") -> PredictionSet:
-    """List, check and decode ``support_dir`` and ``query_dir`` with the module's preprocessing."""
+                        module: str = "the data module", needs_queries: bool = True) -> PredictionSet:
+    """List, check and decode ``support_dir`` and ``query_dir`` with the module's preprocessing.
+
+    ``needs_queries=False`` (generators, which adapt to the support folder alone): ``query_dir`` may be
+    unset, and the set then has no queries (``query_x`` of length 0)."""
     support_folder = require_folder(SUPPORT, support_dir)
-    query_folder = require_folder(QUERY, query_dir)
     classes = list_class_folders(support_folder, SUPPORT, support_dir)
-    queries = list_query_images(query_folder, query_dir)
     check_headers(classes.flat(), preprocessing, SUPPORT, support_dir, module)
-    check_headers(queries, preprocessing, QUERY, query_dir, module)
+    support_x = preprocessing.load(classes.flat())
     support_y = torch.repeat_interleave(torch.arange(len(classes)), torch.tensor(classes.counts))
+    if query_dir is None and not needs_queries:
+        return PredictionSet(support_x=support_x, support_y=support_y, query_x=support_x[:0],
+                             class_names=list(classes.names), query_files=[])
+    query_folder = require_folder(QUERY, query_dir)
+    queries = list_query_images(query_folder, query_dir)
+    check_headers(queries, preprocessing, QUERY, query_dir, module)
     return PredictionSet(
-        support_x=preprocessing.load(classes.flat()), support_y=support_y, query_x=preprocessing.load(queries),
+        support_x=support_x, support_y=support_y, query_x=preprocessing.load(queries),
         class_names=list(classes.names), query_files=[p.relative_to(query_folder).as_posix() for p in queries])
+
+
+def read_support_set(support_dir: Optional[str], preprocessing: ImagePreprocessing,
+                     module: str = "the data module") -> PredictionSet:
+    """A support folder alone (``support_dir/<class>/<image>``), for generators: the classes to generate.
+
+    Example::
+
+        task = read_support_set("my_glyphs", NpzDataModule("hanzi").preprocessing())
+        task.class_names, task.support_x.shape           # ["a", "b"], (8, 1, 28, 28)
+    """
+    return read_prediction_set(support_dir, None, preprocessing, module, needs_queries=False)
 
 
 # --------------------------------------------------------------------------- results
