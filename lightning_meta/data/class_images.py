@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 import torch
 from torch import Tensor
 
 from lightning_meta.tasks import Task, TaskBatch
+
+if TYPE_CHECKING:
+    from lightning_meta.data.augmentation import EpisodeAugmentation
 
 
 class ClassImages:
@@ -26,6 +29,9 @@ class ClassImages:
         task = pool.sample(torch.Generator().manual_seed(0), ways=5, shots=1, queries=15)
         task.support_x.shape                          # torch.Size([5, 1, H, W])
     """
+
+    #: ``sample_batch`` takes ``augment=`` (see :mod:`lightning_meta.data.augmentation`)
+    supports_augmentation = True
 
     def __init__(
         self,
@@ -91,13 +97,15 @@ class ClassImages:
         """One N-way K-shot task drawn from ``generator``: :meth:`sample_batch` of that generator alone."""
         return self.sample_batch([generator], ways, shots, queries)[0]
 
-    def sample_batch(self, generators: Sequence[torch.Generator], ways: int, shots: int, queries: int) -> TaskBatch:
+    def sample_batch(self, generators: Sequence[torch.Generator], ways: int, shots: int, queries: int,
+                     augment: Optional["EpisodeAugmentation"] = None) -> TaskBatch:
         """One N-way K-shot task per generator, stacked ``[len(generators), ...]`` (no ``index``).
 
         From each generator in turn: ``ways`` distinct classes, then ``shots + queries`` distinct samples
         of each class, in that order; labels ``0 .. ways - 1`` in the order the classes were drawn (the
         first ``shots`` samples of a class are its support).  Only these draws run task by task: the
-        images of all tasks are selected, rotated and scaled together, the same images as
+        images of all tasks are selected, rotated, augmented (``augment``, training only: its draws
+        follow the task's own from the same generator) and scaled together, the same images as
         :meth:`class_samples` per class (a training step draws hundreds of small tasks, where
         per-task tensor calls would cost more than the step's learning).
         """
@@ -110,13 +118,33 @@ class ClassImages:
                 first_samples.append(self.first_sample[base])
                 turns.append(self.rotations[c // self.base_classes])
         rows = torch.cat(picks) + torch.tensor(first_samples).repeat_interleave(size)
-        x = rotate_images(self.images.index_select(0, rows), torch.tensor(turns).repeat_interleave(size))
-        x = scale_pixels(x, self.mean, self.std).unflatten(0, (len(generators), ways, size))
+        x = self.select(rows, torch.tensor(turns).repeat_interleave(size), generators,
+                        [ways * size] * len(generators), augment)
+        x = x.unflatten(0, (len(generators), ways, size))
         labels = torch.arange(ways).expand(len(generators), ways)
         return TaskBatch(
             x[:, :, :shots].flatten(1, 2).contiguous(), labels.repeat_interleave(shots, dim=1),
             x[:, :, shots:].flatten(1, 2).contiguous(), labels.repeat_interleave(queries, dim=1),
         )
+
+    def select(self, rows: Tensor, turns: Tensor, generators: Sequence[torch.Generator] = (),
+               counts: Sequence[int] = (), augment: Optional["EpisodeAugmentation"] = None) -> Tensor:
+        """Images ``rows`` (of :attr:`images`), turned by ``turns`` quarter turns, augmented by ``augment`` (the
+        ``counts[e]`` images of episode ``e`` from ``generators[e]``), scaled to floats ``[len(rows), C, H, W]``."""
+        x = rotate_images(self.images.index_select(0, rows), turns)
+        if augment is not None:
+            x = augment(x, generators, counts)
+        return scale_pixels(x, self.mean, self.std)
+
+    def subset(self, classes: Sequence[int]) -> "ClassImages":
+        """The base classes ``classes`` (in that order) alone, with the same rotations and scaling."""
+        index = torch.as_tensor(list(classes), dtype=torch.long)
+        rows = torch.cat([torch.arange(int(self.offsets[c]), int(self.offsets[c + 1])) for c in index.tolist()]
+                         or [torch.zeros(0, dtype=torch.long)])
+        subset = ClassImages(self.images.index_select(0, rows), self.counts[index].tolist(),
+                             [self.names[c] for c in index.tolist()], [90 * r for r in self.rotations])
+        subset.mean, subset.std = self.mean, self.std
+        return subset
 
 
 def rotate_images(images: Tensor, turns: Tensor) -> Tensor:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Union
 
 from torch.utils.data import DataLoader, IterableDataset
 
+from lightning_meta.data.augmentation import AUGMENTATIONS, make_augmentation
 from lightning_meta.data.episodes import EpisodeSource, EpisodeStream
 from lightning_meta.data.prediction import PredictionSet, read_prediction_set
 from lightning_meta.data.preprocessing import ImagePreprocessing
@@ -41,6 +42,12 @@ class EpisodicDataModule(TaskDataModule):
             batches (fine-tuning baselines); validation and test stay episodic.  See
             :mod:`lightning_meta.data.supervised`.
         batch_size: images per supervised training batch, summed over all processes.
+        augment: training-time augmentation of the training episodes' images (never of validation or
+            test episodes): ``true`` for random resized crop, horizontal flip and colour jitter as the
+            papers use them on RGB sets, or a list of some of ``crop``, ``flip``, ``jitter``; off by
+            default (and for Omniglot-style characters, where a flip or crop changes the class).  Each
+            episode's augmentation is drawn from its address, so resume and DDP stay exact; see
+            :mod:`lightning_meta.data.augmentation`.
 
     Example::
 
@@ -74,6 +81,7 @@ class EpisodicDataModule(TaskDataModule):
         query_dir: Optional[str] = None,
         train_batches: TrainBatches = "episodes",
         batch_size: Optional[int] = None,
+        augment: Union[bool, list[str]] = False,
     ):
         super().__init__(seed=seed)
         require_choice(DATA_ARGS + "train_batches", train_batches, TrainBatches)
@@ -117,6 +125,11 @@ class EpisodicDataModule(TaskDataModule):
         self.num_workers = num_workers
         self.support_dir = None if support_dir is None else str(support_dir)
         self.query_dir = None if query_dir is None else str(query_dir)
+        self.augment = augment
+        self.augmentation = make_augmentation(augment)
+        if self.augmentation is not None and train_batches == "supervised":
+            raise ConfigurationError(f"{DATA_ARGS}augment={augment!r} augments training episodes; supervised batches"
+                                     f" (train_batches: supervised) are not augmented: set {DATA_ARGS}augment: false")
         self.sources: dict[str, EpisodeSource] = {}
         self._prediction: Optional[PredictionSet] = None
 
@@ -184,8 +197,18 @@ class EpisodicDataModule(TaskDataModule):
             self._check_counts(split)
             source = self.load_split(split)
             self.check_split(split, source.num_classes, source.min_samples)
+            if split == "train" and self.augmentation is not None:
+                self.check_augmentation(source)
             self.sources[split] = source
         return self.sources[split]
+
+    def check_augmentation(self, source: EpisodeSource) -> None:
+        """Refuse ``augment`` for a training source that cannot augment its episodes (not images)."""
+        if not getattr(source, "supports_augmentation", False):
+            raise ConfigurationError(
+                f"{DATA_ARGS}augment={self.augment!r}: {type(self).__name__}'s training episodes"
+                f" ({type(source).__name__}) are not images that can be augmented; set {DATA_ARGS}augment: false"
+                f" (augmentations {list(AUGMENTATIONS)} apply to image data modules)")
 
     @property
     def num_train_classes(self) -> int:
@@ -198,7 +221,7 @@ class EpisodicDataModule(TaskDataModule):
             stream = SupervisedStream(self.source("train"), self.batch_size, self.seed, *self.world)  # type: ignore
             return self.loader(stream, self.num_workers, training=True)
         stream = EpisodeStream(self.source("train"), "train", self.training_plan(self.steps_per_epoch),
-                               *self.setting("train"), seed=self.seed, epoch=0)
+                               *self.setting("train"), seed=self.seed, epoch=0, augment=self.augmentation)
         return self.loader(stream, self.num_workers, training=True)
 
     def val_dataloader(self) -> ItemLoader:

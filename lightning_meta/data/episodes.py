@@ -6,6 +6,9 @@
 * A meta-batch is ``B`` consecutive episodes, split across processes and padded in evaluation as the
   root data module splits any items (:func:`~lightning_meta.data.root.train_plan`,
   :func:`~lightning_meta.data.root.eval_plan`); a padding episode (index ``-1``) repeats episode 0.
+* A training stream may augment its episodes (``augment``, an
+  :class:`~lightning_meta.data.augmentation.EpisodeAugmentation`): each episode's augmentation is drawn
+  from its own generator after its classes and samples, so it is addressable too.
 
 Example::
 
@@ -15,12 +18,15 @@ Example::
 
 from __future__ import annotations
 
-from typing import Optional, Protocol, Sequence
+from typing import TYPE_CHECKING, Optional, Protocol, Sequence
 
 import torch
 
 from lightning_meta.data.root import ItemStream, item_generator, item_generators
 from lightning_meta.tasks import Task, TaskBatch
+
+if TYPE_CHECKING:
+    from lightning_meta.data.augmentation import EpisodeAugmentation
 
 #: the generator of one episode: an episode is an item of the root data module
 episode_generator = item_generator
@@ -35,6 +41,8 @@ class EpisodeSource(Protocol):
     as for regression) let the data module reject impossible settings before training.  A source may
     also draw a whole meta-batch at once, ``sample_batch(generators, ways, shots, queries) -> TaskBatch``
     (the tasks ``sample`` would draw from each generator, stacked): :meth:`EpisodeStream.batch` uses it.
+    A source that can augment its episodes takes ``augment=`` in ``sample_batch`` and says so with
+    ``supports_augmentation = True`` (:class:`~lightning_meta.data.ClassImages` does).
     """
 
     num_classes: int
@@ -47,7 +55,7 @@ class EpisodeStream(ItemStream):
     """The meta-batches of one split for one rank, as :class:`TaskBatch` objects.
 
     ``plan[position]`` lists the episodes of batch ``position``; ``epoch`` is ``None`` for the fixed
-    validation/test sets.
+    validation/test sets; ``augment`` (training streams only) augments every episode.
     """
 
     def __init__(
@@ -60,9 +68,10 @@ class EpisodeStream(ItemStream):
         queries: int,
         seed: int,
         epoch: Optional[int] = None,
+        augment: Optional["EpisodeAugmentation"] = None,
     ):
         super().__init__(plan, epoch)
-        self.source, self.split = source, split
+        self.source, self.split, self.augment = source, split, augment
         self.ways, self.shots, self.queries, self.seed = ways, shots, queries, seed
 
     def batch(self, position: int) -> TaskBatch:
@@ -75,6 +84,9 @@ class EpisodeStream(ItemStream):
         if sample_batch is None:
             return TaskBatch.stack([self.source.sample(g, self.ways, self.shots, self.queries) for g in generators],
                                    index=indices)
-        batch = sample_batch(generators, self.ways, self.shots, self.queries)
+        if self.augment is None:
+            batch = sample_batch(generators, self.ways, self.shots, self.queries)
+        else:
+            batch = sample_batch(generators, self.ways, self.shots, self.queries, augment=self.augment)
         batch.index = torch.as_tensor(indices, dtype=torch.long)
         return batch
