@@ -136,7 +136,7 @@ class QuickdrawDataModule(MetaDatasetSource):
         start = 0
         for path, count in zip(paths, counts):
             rows = np.load(path, mmap_mode="r")[:count]
-            x = torch.from_numpy(np.ascontiguousarray(rows, dtype=np.uint8)).view(count, 1, SIDE, SIDE)
+            x = torch.from_numpy(np.array(rows, dtype=np.uint8)).view(count, 1, SIDE, SIDE)  # reads the rows
             if rows.dtype == np.bool_:
                 x = x * 255
             out[start:start + count] = resize_uint8(x, size).expand(count, self.channels, size, size)
