@@ -20,12 +20,13 @@ ratio beyond the image) is clamped to the image instead of redrawn up to 10 time
 cannot loop per image); the scale ``(0.08, 1)`` and ratio ``(3/4, 4/3)`` ranges are torchvision's.
 The crop is resampled bilinearly to the input size.  Jitter applies brightness, contrast and saturation
 in that fixed order (as Chen et al.'s ``ImageJitter``), each by a factor uniform in ``[1 - 0.4, 1 + 0.4]``,
-clamped to ``[0, 255]`` after each; saturation leaves one-channel images as they are.
+fused into one pass and clamped to ``[0, 255]`` once at the end (PIL clamps after each of the three, which
+differs only where a pixel saturates half-way); saturation leaves one-channel images as they are.
 
 Example::
 
     augment = EpisodeAugmentation(["crop", "flip", "jitter"])
-    images = augment(images, generators, counts)   # uint8 [n, C, H, W]; counts[e] images of episode e
+    images = augment(images, generators, counts)   # uint8 [n, C, H, W] in, floats in [0, 255] out
 """
 
 from __future__ import annotations
@@ -77,7 +78,8 @@ class EpisodeAugmentation:
 
     def __call__(self, images: Tensor, generators: Sequence[torch.Generator], counts: Sequence[int]) -> Tensor:
         """``images`` (uint8 ``[n, C, H, W]``, the ``counts[e]`` images of episode ``e`` in turn) augmented,
-        episode ``e``'s parameters drawn from ``generators[e]``; uint8, same shape."""
+        episode ``e``'s parameters drawn from ``generators[e]``: floats in ``[0, 255]``, same shape (not
+        rounded back to uint8: :func:`~lightning_meta.data.class_images.scale_pixels` takes them as they are)."""
         if not self.names or images.shape[0] == 0:
             return images
         draws = torch.cat([torch.rand(count, DRAWS, generator=g) for g, count in zip(generators, counts)])
@@ -89,7 +91,7 @@ class EpisodeAugmentation:
             x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
         if "jitter" in self.names:
             x = self.color_jitter(x, draws[:, 5:8])
-        return x.round_().clamp_(0, 255).to(torch.uint8)
+        return x.clamp_(0, 255)
 
     def resized_crop(self, x: Tensor, draws: Tensor, flip: Tensor) -> Tensor:
         """A random box of each image (area fraction in ``scale``, aspect in ``ratio``, clamped to the
@@ -102,23 +104,24 @@ class EpisodeAugmentation:
         w = torch.sqrt(area * aspect * height / width).clamp(max=1.0)
         h = torch.sqrt(area / aspect * width / height).clamp(max=1.0)
         left, top = (1 - w) * draws[:, 2], (1 - h) * draws[:, 3]
-        theta = torch.zeros(n, 2, 3)
-        theta[:, 0, 0] = torch.where(flip, -w, w)
-        theta[:, 0, 2] = 2 * left + w - 1
-        theta[:, 1, 1] = h
-        theta[:, 1, 2] = 2 * top + h - 1
-        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        # the box is axis-aligned: each output column samples one input column, each row one row (a grid
+        # built from its two axes; affine_grid's batched matrix product costs more than the resampling)
+        columns = (torch.arange(width, dtype=x.dtype) + 0.5) * (2 / width) - 1
+        rows = (torch.arange(height, dtype=x.dtype) + 0.5) * (2 / height) - 1
+        grid_x = torch.where(flip, -w, w).unsqueeze(1) * columns + (2 * left + w - 1).unsqueeze(1)
+        grid_y = h.unsqueeze(1) * rows + (2 * top + h - 1).unsqueeze(1)
+        grid = torch.stack(torch.broadcast_tensors(grid_x.view(n, 1, width), grid_y.view(n, height, 1)), -1)
         return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
     def color_jitter(self, x: Tensor, draws: Tensor) -> Tensor:
-        """Brightness, contrast, then saturation (PIL ``ImageEnhance`` semantics) by factors ``1 +- jitter``."""
-        factors = (1 + self.jitter * (2 * draws - 1)).view(-1, 3, 1, 1, 1)
-        x = (x * factors[:, 0]).clamp_(0, 255)
+        """Brightness ``b``, contrast ``c``, then saturation ``s`` (PIL ``ImageEnhance`` semantics) by factors
+        ``1 +- jitter``, fused into one pass: ``s c b x + (1 - s) c b gray(x) + (1 - c) b mean(gray(x))``."""
+        b, c, s = (1 + self.jitter * (2 * draws - 1)).view(-1, 3, 1, 1, 1).unbind(1)
         gray = luma(x)
-        x = (gray.mean((1, 2, 3), keepdim=True) * (1 - factors[:, 1]) + x * factors[:, 1]).clamp_(0, 255)
-        if x.shape[1] == 3:
-            x = (luma(x) * (1 - factors[:, 2]) + x * factors[:, 2]).clamp_(0, 255)
-        return x
+        offset = (1 - c) * b * gray.mean((1, 2, 3), keepdim=True)
+        if x.shape[1] != 3:  # saturation leaves a greyscale image as it is
+            return (x * (c * b)).add_(offset)
+        return (x * (s * c * b)).add_(torch.addcmul(offset, gray, (1 - s) * c * b))
 
 
 def luma(x: Tensor) -> Tensor:

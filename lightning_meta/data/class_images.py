@@ -161,11 +161,12 @@ def rotate_images(images: Tensor, turns: Tensor) -> Tensor:
 
 
 def scale_pixels(images: Tensor, mean: Optional[Tensor] = None, std: Optional[Tensor] = None) -> Tensor:
-    """uint8 pixels to floats in ``[0, 1]``, then ``(x - mean) / std`` per channel when given (``[C, 1, 1]``).
+    """uint8 pixels (or floats in ``[0, 255]``, augmented ones) to floats in ``[0, 1]``, then ``(x - mean) / std``
+    per channel when given (``[C, 1, 1]``).
 
     The one scaling of every image data module, shared by training episodes and prediction.
     """
-    x = images.float().div_(255)
+    x = images.float().div_(255) if images.dtype == torch.uint8 else images / 255
     if mean is not None:
         x = (x - mean) / std
     return x
