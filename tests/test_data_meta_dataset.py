@@ -84,6 +84,8 @@ def make_aircraft(root: Path, variants: list[str], images: int = 3, listed: list
             boxes.append(f"{image} 2 3 21 17")
             if decodable:
                 photo(100 * c + i, (24, 40)).save(data / "images" / f"{image}.jpg")
+            else:
+                (data / "images" / f"{image}.jpg").touch()
     (data / "images_variant_trainval.txt").write_text("\n".join(trainval) + "\n")
     (data / "images_variant_test.txt").write_text("\n".join(test) + "\n")
     (data / "variants.txt").write_text("\n".join(sorted(set(variants) | set(listed))) + "\n")
@@ -403,6 +405,15 @@ def test_a_missing_image_named_in_the_annotations_is_named(tmp_path):
     fresh = FungiDataModule(dm.root, **{**SMALL, "split_file": dm.split_file})
     with pytest.raises(ConfigurationError, match=str(victim.resolve()).replace(".", r"\.")):
         fresh.setup("fit")
+
+
+def test_a_missing_aircraft_image_is_named(tmp_path):
+    dm = tiny("aircraft", tmp_path)
+    victim = dm.split_files("val").files[1][0]
+    victim.unlink()
+    fresh = AircraftDataModule(dm.root, **{**SMALL, "split_file": dm.split_file})
+    with pytest.raises(ConfigurationError, match=rf"{victim.name} is missing.*fgvc-aircraft-2013b\.tar\.gz"):
+        fresh.setup("validate")
 
 
 def test_download_fetches_checks_and_extracts_the_archive(tmp_path, monkeypatch):

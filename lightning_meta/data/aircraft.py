@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Literal, Optional, Sequence
 
 import numpy as np
 import torch
@@ -125,14 +125,18 @@ class AircraftDataModule(MetaDatasetSource):
                 self._boxes[image] = (left, upper, right, lower)
         listing = ClassFiles()
         for variant in variants:
+            files = [folder / "images" / f"{image}.jpg" for image in sorted(members[variant])]
+            absent = [f for f in files if not f.is_file()]
+            if absent:
+                raise self.missing(absent[0])
             listing.names.append(variant)
-            listing.files.append([folder / "images" / f"{image}.jpg" for image in sorted(members[variant])])
+            listing.files.append(files)
         return listing, list(variants)
 
     def settings(self) -> str:
         return f"{super().settings()};crop={self.crop}"
 
-    def cache_path(self, split: str):
+    def cache_path(self, split: str) -> Optional[Path]:
         path = super().cache_path(split)
         return path if path is None or self.crop == "box" else path.with_name(f"{path.stem}_{self.crop}.pt")
 
