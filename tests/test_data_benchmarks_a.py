@@ -610,3 +610,20 @@ def test_cli_missing_file_is_one_line(tmp_path):
     line = last_line(run.stderr)
     assert line.removeprefix("lightning-meta: ").startswith("configuration error: data.init_args.root="), line
     assert "tiered-ImageNet not found" in line and "data.init_args.download: true" in line
+
+
+def test_tiered_download_falls_back_to_the_drive_tar(tmp_path, monkeypatch):
+    built = make_tiered(tmp_path / "server")
+    archive = tmp_path / "server" / "tiered_imagenet.tar"
+    with tarfile.open(archive, "w") as t:
+        t.add(built / "tiered-imagenet", arcname="tiered-imagenet")
+    data = tmp_path / "data" / "tiered-imagenet"
+    data.mkdir(parents=True)
+    (data / "train_labels.pkl").write_bytes((built / "tiered-imagenet" / "train_labels.pkl").read_bytes())
+    monkeypatch.setattr(tiered_module, "ZENODO", (tmp_path / "gone").as_uri() + "/{name}")
+    monkeypatch.setattr(tiered_module, "google_drive_url", lambda file_id: archive.as_uri())
+    dm = TieredImageNetDataModule(str(tmp_path / "data"), download=True, **SMALL)
+    dm.prepare_data()
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["tiered-imagenet"]  # tar and temp folder gone
+    dm.setup("fit")
+    assert [dm.sources[s].num_classes for s in SPLITS] == [4, 3, 3]
