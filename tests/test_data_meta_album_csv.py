@@ -166,7 +166,8 @@ def test_meta_album_settings_are_checked_before_decoding_and_the_cache_is_reused
     root = make_meta_album(tmp_path / "TINY_Micro", classes=14)
     real = listed_images.decode_images
     monkeypatch.setattr(listed_images, "decode_images", no_decoding)
-    with pytest.raises(ConfigurationError, match=r"data\.init_args\.test_ways=3 asks for more classes than the 2"):
+    with pytest.raises(ConfigurationError, match=r"data\.init_args\.test_ways=3 asks for more classes than the 2 of the 'val'"
+                                                 r".*; or lower data\.init_args\.train_fraction=0\.7"):
         meta_album(root, test_ways=3).setup("fit")  # 14 categories: 10 / 2 / 2
     with pytest.raises(ConfigurationError, match=r"shots \+ data\.init_args\.queries = 1 \+ 4 = 5 exceeds the 4"):
         meta_album(root, queries=4).setup("fit")

@@ -68,10 +68,8 @@ class Table:
         raise self.error(f"has no column {' or '.join(repr(n) for n in names)} (its header is {self.header}): set"
                          f" {DATA_ARGS}{name_field} to the header of that column")
 
-    def classes(self, file_column: int, label_column: int, image_folder: Path,
-                labels: Optional[set[str]] = None) -> dict[str, list[tuple[Path, int]]]:
-        """``{label: [(image path, CSV line), ...]}`` of the rows (only ``labels`` when given), image paths
-        relative to ``image_folder``.  A short row, an empty cell, an image listed twice or an image that
+    def classes(self, file_column: int, label_column: int, image_folder: Path) -> dict[str, list[tuple[Path, int]]]:
+        """``{label: [(image path, CSV line), ...]}`` of the rows, image paths relative to ``image_folder``.  A short row, an empty cell, an image listed twice or an image that
         does not exist is an error naming this file and the row."""
         found: dict[str, list[tuple[Path, int]]] = {}
         first_row: dict[Path, int] = {}
@@ -82,8 +80,6 @@ class Table:
                 raise self.error(f"row {line} ({','.join(cells)!r}) has no image name or no label in columns"
                                  f" {self.header[file_column]!r} / {self.header[label_column]!r}: fix that row")
             label = cells[label_column]
-            if labels is not None and label not in labels:
-                continue
             path = image_folder / cells[file_column]
             if path in first_row:
                 raise self.error(f"lists image {cells[file_column]!r} twice (rows {first_row[path]} and {line}): an"

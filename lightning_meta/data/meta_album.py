@@ -40,7 +40,7 @@ class MetaAlbumDataModule(ListedImagesDataModule):
 
     Example::
 
-        dm = MetaAlbumDataModule("data/meta-album/BRD_Micro", ways=5, shots=1, queries=16)
+        dm = MetaAlbumDataModule("data/meta-album/BRD_Mini", ways=5, shots=1, queries=16)
         dm.setup("fit")
         dm.sources["train"].num_classes                      # 70% of the categories
     """
@@ -139,6 +139,18 @@ class MetaAlbumDataModule(ListedImagesDataModule):
                         " must be disjoint in classes; keep it in one")
                 seen[name] = part
         return {s: class_files(catalog, sorted(self.split[s])) for s in SPLITS}
+
+    def check_split(self, split: str, num_classes: int, min_samples: Optional[int]) -> None:
+        """As :class:`~lightning_meta.data.EpisodicDataModule`, with the fix for small data sets: Meta-Album's
+        Micro sets have 20 categories, which 0.7 / 0.15 split 14 / 3 / 3."""
+        try:
+            super().check_split(split, num_classes, min_samples)
+        except ConfigurationError as error:
+            if self.split is not None or split == "train" or "ways" not in str(error).split(" asks", 1)[0]:
+                raise
+            raise ConfigurationError(
+                f"{error}; or lower {DATA_ARGS}train_fraction={self.train_fraction} and raise val_fraction={self.val_fraction}"
+                " (a Micro set's 20 categories split 0.5 / 0.25 give 10 / 5 / 5)") from None
 
     def cache_path(self, split: str) -> Path:
         return self.folder / f".lightning_meta_meta_album_{split}.pt"
