@@ -86,6 +86,17 @@ class MetaDatasetSource(EpisodicDataModule):
     ``split_file`` replaces Meta-Dataset's split with a JSON file in its format (``{"train": [...],
     "valid": [...], "test": [...]}``), e.g. to train on a subset of the classes; classes of the data
     that no split lists are left out.  Every class a split lists must be in the data.
+
+    Example::
+
+        class MySource(MetaDatasetSource):         # root/my_source/images/<class>/*.jpg
+            source_id, title, folders, marker = "my_source", "My source", ("my_source",), "images"
+
+            def read_catalog(self):
+                listing = list_class_folders(self.folder / "images", "root", self.root)
+                return listing, list(listing.names)
+
+        dm = MySource("data", split_file="my_split.json", ways=5, shots=1, queries=15)
     """
 
     source_id: ClassVar[str] = ""
