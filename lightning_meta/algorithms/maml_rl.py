@@ -294,9 +294,7 @@ class MAMLPolicyGradient(Learner):
                 grads = self.support_gradients(leaves, trajectories, "second_order" if second_order else "none")
                 hessians.append((step_size, leaves, grads))
                 params = {name: leaves[name].detach() - step_size * grads[name].detach() for name in params}
-            adapted = {name: p.detach().requires_grad_() for name, p in params.items()}
-            kl = self.per_task_terms(adapted, query)[:, 1].sum()
-            kl_gradient = torch.autograd.grad(kl, list(adapted.values()), create_graph=True)
+        fisher = self.fisher_product(params, query)
 
         def hessian_product(outputs: Params, leaves: Params, vector: Params) -> Params:
             return dict(zip(leaves, torch.autograd.grad(list(outputs.values()), list(leaves.values()),
@@ -314,10 +312,74 @@ class MAMLPolicyGradient(Learner):
             moved = {name: vector[name].expand(tasks, *vector[name].shape) for name in theta}
             for step in hessians:
                 moved = through_step(step, moved)
-            moved = hessian_product(dict(zip(adapted, kl_gradient)), adapted, moved)
+            moved = fisher(moved)
             for step in reversed(hessians):
                 moved = through_step(step, moved)
             return {name: m.sum(0) / tasks for name, m in moved.items()}
+
+        return product
+
+    def task_distributions(self, params: Params, observations: Tensor) -> Any:
+        """The policy's distribution at every task's own ``params`` (``[B, ...]``), its fields stacked ``[B, ...]``."""
+        if self.batching == "vmap":
+            return vmap(lambda p, o: functional_call(self.policy, p, (o,)))(params, observations)
+        per_task = [functional_call(self.policy, {k: v[b] for k, v in params.items()}, (observations[b],))
+                    for b in range(observations.shape[0])]
+        return type(per_task[0])(*(torch.stack(fields) for fields in zip(*per_task)))
+
+    def fisher_product(self, adapted: Params, query: Trajectories) -> Callable[[Params], Params]:
+        """``u -> F_b u`` for every task ``b`` (``[B, ...]`` in and out): the Hessian at the adapted weights of
+        the sum over tasks of the mean ``KL(old || new)`` of the query episodes, the sampling policy being
+        the one at ``adapted``.
+
+        Gauss-Newton form, exact here: with ``f`` the distribution's fields (a Gaussian's mean and log-std)
+        and ``G = df/dw``, ``d2 KL/dw2 = G^T (d2 KL/df2) G + sum_k dKL/df_k d2 f_k/dw2``, and ``dKL/df = 0``
+        where the new distribution is the old one, so ``F u = G^T K G u`` (``K`` and the check that
+        ``dKL/df`` vanishes are taken at the sampling policy's recorded fields, which the fields at
+        ``adapted`` equal up to rounding).  ``G u`` is the derivative of
+        ``G^T c`` in a dummy cotangent ``c`` (both built once per TRPO step), ``K`` a double backward
+        through the KL on the fields only, ``G^T`` a backward pass: four of the large matrix products of
+        a forward-backward pass and no second derivatives of the activations, against six and two
+        ``tanh`` second derivatives per hidden layer for the KL's double backward through the network.
+        A distribution whose KL gradient in its fields is not 0 there (a :class:`Categorical` on
+        normalised log-probabilities) takes the double backward instead.
+        """
+        masks = query.masks
+        with torch.enable_grad():
+            leaves = {name: p.detach().requires_grad_() for name, p in adapted.items()}
+            distribution = self.task_distributions(leaves, query.observations)
+            fields = list(distribution)
+            at = [f.detach().clone().requires_grad_() for f in query.old]  # the sampling policy's own fields
+            kl = vmap(lambda old, new, m: masked_mean(old.kl(new), m))(query.old, type(distribution)(*at), masks)
+            kl_gradient = torch.autograd.grad(kl.sum(), at, create_graph=True)
+            if any(bool(g.detach().ne(0).any()) for g in kl_gradient):
+                return self.kl_double_backward(leaves, query)
+            cotangents = [torch.zeros_like(f, requires_grad=True) for f in fields]
+            transposed = torch.autograd.grad(fields, list(leaves.values()), cotangents, create_graph=True,
+                                             materialize_grads=True)
+
+        def product(vector: Params) -> Params:
+            with torch.enable_grad():
+                moved = torch.autograd.grad(transposed, cotangents, [vector[name] for name in leaves],
+                                            retain_graph=True, materialize_grads=True)
+                curved = torch.autograd.grad(kl_gradient, at, moved, retain_graph=True, materialize_grads=True)
+                back = torch.autograd.grad(fields, list(leaves.values()), curved, retain_graph=True,
+                                           materialize_grads=True)
+            return dict(zip(leaves, back))
+
+        return product
+
+    def kl_double_backward(self, leaves: Params, query: Trajectories) -> Callable[[Params], Params]:
+        """:meth:`fisher_product` by double backward of the KL through the network (any distribution)."""
+        with torch.enable_grad():
+            kl = self.per_task_terms(leaves, query)[:, 1].sum()
+            kl_gradient = torch.autograd.grad(kl, list(leaves.values()), create_graph=True)
+
+        def product(vector: Params) -> Params:
+            with torch.enable_grad():
+                return dict(zip(leaves, torch.autograd.grad(kl_gradient, list(leaves.values()),
+                                                            [vector[name] for name in leaves], retain_graph=True,
+                                                            materialize_grads=True)))
 
         return product
 
