@@ -398,7 +398,7 @@ class FIGR(MetaLearner):
         outputs = []
         for b, address in enumerate(episode_addresses(batch)):
             task = batch[b]
-            generator = episode_generator(NOISE_SEED, "predict", address)
+            generator = episode_generator(NOISE_SEED + 1, "test", address)  # its own salt: not a test episode's noise
             with torch.enable_grad():
                 adapted, _ = self.class_samples(task.support_x, task.support_y, self.prediction_samples, generator)
             outputs.append(adapted)
