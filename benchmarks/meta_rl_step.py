@@ -6,6 +6,11 @@
   training step runs it; PPO's 5 epochs;
 * RL² on k=5 bandits with n=100 pulls, 64 tasks x 8 trials: collecting and the PPO epochs.
 
+MAML-TRPO runs twice, side by side in the same rounds (each round times one and then the other, so a
+load that comes and goes falls on both): the learner's curvature product (the KL's Hessian at the
+adapted weights in Gauss-Newton form) and the same learner with that Hessian by double backward through
+the network (the product before, ``DoubleBackwardKL``).  Both are the exact KL Hessian.
+
 The issue's target: MAML-TRPO at most 4 s per iteration on 2 cores.
 
     python -m benchmarks.meta_rl_step          # the sizes above: about a minute
@@ -26,7 +31,9 @@ from lightning_meta.algorithms.maml_rl import MAMLPolicyGradient
 from lightning_meta.algorithms.rl2 import RL2, collect_trials
 from lightning_meta.data.env_tasks import EnvTaskDataModule
 from lightning_meta.envs import BernoulliBandits, Navigation2D
+from lightning_meta.inner_loop import Params
 from lightning_meta.models import GaussianMLPPolicy, GRUPolicy
+from lightning_meta.rollouts import Trajectories
 from lightning_meta.tasks import EnvTaskBatch
 from lightning_meta.trpo import trpo_step
 
@@ -36,64 +43,91 @@ HEADERS = ("learner", "problem", "collect s", "gradient s", "curvature s", "line
 
 
 def timed(function: Callable[[], object], rounds: int) -> float:
-    seconds = []
+    return timed_side_by_side([function], rounds)[0]
+
+
+def timed_side_by_side(functions: Sequence[Callable[[], object]], rounds: int) -> list[float]:
+    """The median seconds of each function over ``rounds``, the functions taking turns within each round."""
+    seconds: list[list[float]] = [[] for _ in functions]
     for _ in range(rounds):
-        start = time.perf_counter()
-        function()
-        seconds.append(time.perf_counter() - start)
-    return statistics.median(seconds)
+        for function, times in zip(functions, seconds):
+            start = time.perf_counter()
+            function()
+            times.append(time.perf_counter() - start)
+    return [statistics.median(times) for times in seconds]
 
 
 def first_batch(data: EnvTaskDataModule, tasks: int) -> EnvTaskBatch:
     return data.stream("train", [list(range(tasks))], epoch=0).batch(0)
 
 
-def maml_row(outer: str, tasks: int, rollouts: int, horizon: int, hidden: int, rounds: int) -> tuple[list, dict]:
+class DoubleBackwardKL(MAMLPolicyGradient):
+    """MAML with the KL's Hessian at the adapted weights by double backward through the network instead of
+    the Gauss-Newton form: the reference the curvature product is timed against."""
+
+    def fisher_product(self, adapted: Params, query: Trajectories) -> Callable[[Params], Params]:
+        return self.kl_double_backward(adapted, query)
+
+
+def maml_row(outer: str, tasks: int, rollouts: int, horizon: int, hidden: int, rounds: int) -> tuple[list, list]:
+    """MAML-TRPO's or MAML-PPO's row (TRPO: also the ``DoubleBackwardKL`` reference's, timed alongside)."""
     data = EnvTaskDataModule(Navigation2D(horizon=horizon), rollouts=rollouts, meta_batch_size=tasks)
     model = MAMLPolicyGradient(GaussianMLPPolicy(2, 2, hidden_sizes=(hidden, hidden)), outer=outer)
+    models = [model]
+    if outer == "trpo":
+        reference = DoubleBackwardKL(GaussianMLPPolicy(2, 2, hidden_sizes=(hidden, hidden)), outer=outer)
+        reference.policy.load_state_dict(model.policy.state_dict())
+        models.append(reference)
     batch = first_batch(data, tasks)
     sizes = model.step_sizes(True)
     explore = lambda: model.explore(batch, sizes)  # noqa: E731
     support, query = explore()
     theta = {k: v.detach() for k, v in model.policy.named_parameters()}
+    vector = {k: torch.randn_like(v) for k, v in theta.items()}
 
     def gradient() -> None:
         leaves = {k: v.clone().requires_grad_() for k, v in theta.items()}
         torch.autograd.grad(model.batch_terms(leaves, support, query)[0], list(leaves.values()))
 
-    vector = {k: torch.randn_like(v) for k, v in theta.items()}
-
-    def curvature() -> None:
-        product = model.kl_hvp(theta, support, query)
-        for _ in range(model.cg_iters):
-            product(vector)
+    def curvature(learner: MAMLPolicyGradient) -> Callable[[], None]:
+        def run() -> None:
+            product = learner.kl_hvp(theta, support, query)
+            for _ in range(learner.cg_iters):
+                product(vector)
+        return run
 
     def line_search_point() -> None:
         with torch.enable_grad():
             model.batch_terms(theta, support, query)
 
-    def iteration() -> None:
-        support, query = explore()
-        if outer == "trpo":
-            trpo_step(lambda p: tuple(model.batch_terms(p, support, query)[:2]), theta, max_kl=model.max_kl,
-                      cg_iters=model.cg_iters, cg_damping=model.cg_damping, kl_hvp=model.kl_hvp(theta, support, query))
-        else:
-            for _ in range(model.ppo_epochs):
-                gradient()
+    def iteration(learner: MAMLPolicyGradient) -> Callable[[], None]:
+        def run() -> None:
+            support, query = learner.explore(batch, sizes)
+            if outer == "trpo":
+                trpo_step(lambda p: tuple(learner.batch_terms(p, support, query)[:2]), theta, max_kl=learner.max_kl,
+                          cg_iters=learner.cg_iters, cg_damping=learner.cg_damping,
+                          kl_hvp=learner.kl_hvp(theta, support, query))
+            else:
+                for _ in range(learner.ppo_epochs):
+                    gradient()
+        return run
 
     load = ForeignLoad()
     load.start()
     collect_s, gradient_s = timed(explore, rounds), timed(gradient, rounds)
-    curvature_s = timed(curvature, rounds) if outer == "trpo" else 0.0
+    curvature_s = timed_side_by_side([curvature(m) for m in models], rounds) if outer == "trpo" else [0.0]
     search_s = timed(line_search_point, rounds) if outer == "trpo" else 0.0
-    iteration_s = timed(iteration, rounds)
+    iteration_s = timed_side_by_side([iteration(m) for m in models], rounds)
     load.stop()
     other = load.cores
     problem = f"nav {tasks}x{rollouts}x{horizon}, {hidden}x{hidden}"
-    label = f"MAML-{outer.upper()}"
-    row = [label, problem, collect_s, gradient_s, curvature_s, search_s, iteration_s, other]
-    return row, {"learner": label, "collect_s": collect_s, "gradient_s": gradient_s, "curvature_s": curvature_s,
-                 "line_search_point_s": search_s, "iteration_s": iteration_s}
+    rows, raw = [], []
+    for m, label, curvature_m, iteration_m in zip(models, [f"MAML-{outer.upper()}", "MAML-TRPO, KL double backward"],
+                                                   curvature_s, iteration_s):
+        rows.append([label, problem, collect_s, gradient_s, curvature_m, search_s, iteration_m, other])
+        raw.append({"learner": label, "collect_s": collect_s, "gradient_s": gradient_s, "curvature_s": curvature_m,
+                    "line_search_point_s": search_s, "iteration_s": iteration_m})
+    return rows, raw
 
 
 def rl2_row(tasks: int, trials: int, pulls: int, rounds: int) -> tuple[list, dict]:
@@ -131,9 +165,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         dict(tasks=20, rollouts=20, horizon=100, hidden=100, rounds=3)
     rows, raw = [], []
     for outer in ("trpo", "ppo"):
-        row, numbers = maml_row(outer, **sizes)
-        rows.append(row)
-        raw.append(numbers)
+        maml_rows, numbers = maml_row(outer, **sizes)
+        rows.extend(maml_rows)
+        raw.extend(numbers)
     rl2_sizes = (2, 2, 5, 1) if args.tiny else (64, 8, 100, 3)
     row, numbers = rl2_row(*rl2_sizes)
     rows.append(row)

@@ -257,9 +257,12 @@ class MAMLPolicyGradient(Learner):
 
     def trpo_update(self, theta: Params, support: Sequence[Trajectories], query: Trajectories) -> tuple[Tensor, ...]:
         """A TRPO step of the meta-objective; every process takes the same one (reduced HVPs and line search)."""
+        evaluated: list[Tensor] = []
+
         def loss_and_kl(params: Params) -> tuple[Tensor, Tensor]:
-            loss, kl, _ = self.batch_terms(params, support, query)
-            return loss, kl
+            terms = self.batch_terms(params, support, query)
+            evaluated.append(terms.detach())
+            return terms[0], terms[1]
 
         result = trpo_step(loss_and_kl, theta, max_kl=self.max_kl, cg_iters=self.cg_iters, cg_damping=self.cg_damping,
                            ls_steps=self.ls_steps, ls_backtrack=self.ls_backtrack, reduce=self.all_reduce_mean,
@@ -267,8 +270,9 @@ class MAMLPolicyGradient(Learner):
         self.check_finite(result.loss.detach())
         update = {f"policy.{name}": theta[name].detach() - result.params[name] for name in theta}
         self.outer_step(grads=update, all_reduced=True)  # SGD with lr 1: theta <- result.params
-        with torch.no_grad():
-            _, kl, entropy = self.batch_terms(detached(dict(self.policy.named_parameters())), support, query)
+        # the terms at the new weights: the accepted point is the last the line search evaluated; with no
+        # step accepted the weights are those of the first evaluation (no extra forward pass for the log)
+        _, kl, entropy = evaluated[-1] if result.step_fraction > 0 else evaluated[0]
         return result.loss_before, kl, entropy
 
     def kl_hvp(self, theta: Params, support: Sequence[Trajectories], query: Trajectories) -> Callable[[Params], Params]:
@@ -353,7 +357,7 @@ class MAMLPolicyGradient(Learner):
             kl = vmap(lambda old, new, m: masked_mean(old.kl(new), m))(query.old, type(distribution)(*at), masks)
             kl_gradient = torch.autograd.grad(kl.sum(), at, create_graph=True)
             if any(bool(g.detach().ne(0).any()) for g in kl_gradient):
-                return self.kl_double_backward(leaves, query)
+                return self.kl_double_backward(adapted, query)
             cotangents = [torch.zeros_like(f, requires_grad=True) for f in fields]
             transposed = torch.autograd.grad(fields, list(leaves.values()), cotangents, create_graph=True,
                                              materialize_grads=True)
@@ -369,9 +373,10 @@ class MAMLPolicyGradient(Learner):
 
         return product
 
-    def kl_double_backward(self, leaves: Params, query: Trajectories) -> Callable[[Params], Params]:
+    def kl_double_backward(self, adapted: Params, query: Trajectories) -> Callable[[Params], Params]:
         """:meth:`fisher_product` by double backward of the KL through the network (any distribution)."""
         with torch.enable_grad():
+            leaves = {name: p.detach().requires_grad_() for name, p in adapted.items()}
             kl = self.per_task_terms(leaves, query)[:, 1].sum()
             kl_gradient = torch.autograd.grad(kl, list(leaves.values()), create_graph=True)
 
