@@ -50,6 +50,10 @@ def mean_and_ci95(values: Tensor) -> tuple[float, float]:
 class EpisodeResults(torchmetrics.Metric):
     """Named per-episode values (``acc``, ``loss``, ``acc_before``, ...) collected over an evaluation.
 
+    Episodes may come in groups (``update(..., group=g)``: one per evaluation source of a multi-source data
+    module, whose episode numbers restart in each); :meth:`summary` pools all episodes and
+    :meth:`group_summaries` summarises each group.
+
     Example::
 
         results = EpisodeResults()
@@ -65,8 +69,9 @@ class EpisodeResults(torchmetrics.Metric):
         self.names: list[str] = []
         self.add_state("table", default=[], dist_reduce_fx="cat")
         self.add_state("episodes", default=[], dist_reduce_fx="cat")
+        self.add_state("groups", default=[], dist_reduce_fx="cat")
 
-    def update(self, values: dict[str, Tensor], index: Optional[Tensor] = None) -> None:
+    def update(self, values: dict[str, Tensor], index: Optional[Tensor] = None, group: int = 0) -> None:
         names = sorted(values)
         if self.names and names != self.names:
             raise ValueError(f"EpisodeResults got columns {names} after {self.names}")
@@ -76,30 +81,44 @@ class EpisodeResults(torchmetrics.Metric):
             index = torch.full((column.shape[0],), -1, dtype=torch.long, device=column.device)
         self.table.append(column)
         self.episodes.append(index.to(column.device).long())
+        self.groups.append(torch.full_like(self.episodes[-1], int(group)))
 
-    def _gathered(self) -> tuple[Tensor, Tensor]:
-        table, episodes = self.table, self.episodes
+    def _gathered(self) -> tuple[Tensor, Tensor, Tensor]:
+        table, episodes, groups = self.table, self.episodes, self.groups
         if isinstance(table, list):  # not synced (single process) or nothing collected
             if not table:
-                return torch.zeros(0, len(self.names), dtype=torch.float64), torch.zeros(0, dtype=torch.long)
-            return torch.cat(table), torch.cat(episodes)
-        return table, episodes
+                empty = torch.zeros(0, dtype=torch.long)
+                return torch.zeros(0, len(self.names), dtype=torch.float64), empty, empty
+            return torch.cat(table), torch.cat(episodes), torch.cat(groups)
+        return table, episodes, groups
 
     def compute(self) -> dict[str, tuple[float, float]]:
-        table, _ = self._gathered()
+        table = self._gathered()[0]
         return {name: mean_and_ci95(table[:, i]) for i, name in enumerate(self.names)}
+
+    def group_summaries(self) -> dict[int, tuple[dict[str, tuple[float, float]], int]]:
+        """``{group: ({name: (mean, ci95)}, episodes)}`` over each group's episodes (of all processes), in order."""
+        with self.sync_context():
+            table, _, groups = self._gathered()
+        return {g: ({name: mean_and_ci95(table[groups == g, i]) for i, name in enumerate(self.names)},
+                    int((groups == g).sum())) for g in groups.unique().tolist()}
 
     def summary(self) -> dict[str, tuple[float, float]]:
         """``{name: (mean, ci95)}`` over the episodes of all processes."""
         return self.compute()
 
     def rows(self) -> list[dict[str, float]]:
-        """One dict per episode (of all processes), sorted by episode index."""
+        """One dict per episode (of all processes), sorted by episode index (by ``group``, then episode, with
+        ``group`` in each row, when there are several groups)."""
         with self.sync_context():
-            table, episodes = self._gathered()
+            table, episodes, groups = self._gathered()
+        grouped = len(groups.unique()) > 1
         order = torch.argsort(episodes, stable=True)
+        if grouped:
+            order = order[torch.argsort(groups[order], stable=True)]
         return [
-            {"episode": int(episodes[i]), **{name: float(table[i, j]) for j, name in enumerate(self.names)}}
+            {**({"group": int(groups[i])} if grouped else {}), "episode": int(episodes[i]),
+             **{name: float(table[i, j]) for j, name in enumerate(self.names)}}
             for i in order.tolist()
         ]
 
@@ -107,6 +126,15 @@ class EpisodeResults(torchmetrics.Metric):
         """Episodes collected (of all processes)."""
         with self.sync_context():
             return int(self._gathered()[0].shape[0])
+
+
+def mean_over_groups(summaries: Sequence[Mapping[str, tuple[float, float]]]) -> dict[str, tuple[float, float]]:
+    """The unweighted mean of several groups' ``{name: (mean, ci95)}`` (Meta-Dataset's average over sources),
+    with the 95% CI of a mean of independent means, ``sqrt(sum ci95^2) / groups``."""
+    names = [name for name in summaries[0] if all(name in summary for summary in summaries)]
+    count = len(summaries)
+    return {name: (sum(s[name][0] for s in summaries) / count,
+                   math.sqrt(sum(s[name][1] ** 2 for s in summaries)) / count) for name in names}
 
 
 #: the order in which :func:`format_summary` prints the usual results

@@ -52,7 +52,7 @@ from lightning_meta.errors import (
     require_positive,
 )
 from lightning_meta.internals import attached_trainer, cpu_has_fast_bf16
-from lightning_meta.metrics import EpisodeResults, format_summary
+from lightning_meta.metrics import EpisodeResults, format_summary, mean_over_groups
 from lightning_meta.models.backbone import module_spec
 
 # Evaluation results are gathered over processes by EpisodeResults (a torchmetrics Metric) before they
@@ -131,6 +131,7 @@ class Learner(pl.LightningModule):
         self._cli_optimizer: Optional[dict[str, Any]] = None
         self._cli_scheduler: Optional[dict[str, Any]] = None
         self._throughput_mark: Optional[float] = None
+        self._source_summaries: dict[str, dict[str, tuple[dict[str, tuple[float, float]], int]]] = {}
         with warnings.catch_warnings():  # modules are replaced by primitive specs just below
             warnings.filterwarnings("ignore", message=".*is an instance of `nn.Module`")
             self.save_hyperparameters()
@@ -429,15 +430,16 @@ class Learner(pl.LightningModule):
         self._throughput_mark = now
 
     # ------------------------------------------------------------------ evaluation
-    def validation_step(self, batch: Any, batch_idx: int) -> None:
-        self.record_evaluation(batch, "val")
+    def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self.record_evaluation(batch, "val", dataloader_idx)
 
-    def test_step(self, batch: Any, batch_idx: int) -> None:
-        self.record_evaluation(batch, "test")
+    def test_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self.record_evaluation(batch, "test", dataloader_idx)
 
-    def record_evaluation(self, batch: Any, stage: str) -> None:
+    def record_evaluation(self, batch: Any, stage: str, dataloader_idx: int = 0) -> None:
         """Add the values of :meth:`evaluate_tasks` for ``batch``'s tasks to the stage's results (padding
-        tasks, ``index < 0``, dropped)."""
+        tasks, ``index < 0``, dropped), grouped by evaluation loader (one per source of a multi-source data
+        module: see :meth:`evaluation_sources`)."""
         if self.evaluation_needs_grad and torch.is_inference_mode_enabled():
             raise RuntimeError(
                 f"{type(self).__name__} takes gradients to evaluate each {stage} task, which inference mode forbids:"
@@ -450,13 +452,15 @@ class Learner(pl.LightningModule):
             if value.shape != index.shape:
                 raise ValueError(f"{type(self).__name__}.evaluate_tasks: {name!r} has shape {tuple(value.shape)},"
                                  f" expected one value per task, {tuple(index.shape)}")
-        self.results[stage].update({k: v[keep] for k, v in values.items()}, index[keep])
+        self.results[stage].update({k: v[keep] for k, v in values.items()}, index[keep], group=dataloader_idx)
 
     def on_validation_epoch_start(self) -> None:
         self.results["val"].reset()
+        self._source_summaries.pop("val", None)
 
     def on_test_epoch_start(self) -> None:
         self.results["test"].reset()
+        self._source_summaries.pop("test", None)
 
     def on_validation_epoch_end(self) -> None:
         summary = self.log_results("val")
@@ -478,22 +482,52 @@ class Learner(pl.LightningModule):
         return order + sorted(n for n in summary if n not in order)
 
     def print_summary(self, stage: str, summary: dict[str, tuple[float, float]]) -> None:
-        rank_zero_info(format_summary(stage, summary, self.results[stage].count(), self.summary_order(summary),
+        results = self.results[stage]
+        rank_zero_info(format_summary(stage, summary, results.count(), self.summary_order(summary),
                                       self.is_fraction, self.display_names))
+        for name, (group_summary, episodes) in self._source_summaries.get(stage, {}).items():
+            rank_zero_info(format_summary(f"{stage}/{name}", group_summary, episodes, self.summary_order(group_summary),
+                                          self.is_fraction, self.display_names))
+
+    def evaluation_sources(self) -> Optional[list[str]]:
+        """The names of the evaluation loaders, one per source, when the data module evaluates per source
+        (``evaluation_names``, as :class:`~lightning_meta.data.multi_source.MultiSourceDataModule`); else ``None``."""
+        datamodule = getattr(attached_trainer(self), "datamodule", None)
+        names = getattr(datamodule, "evaluation_names", None)
+        return list(names) if names else None
 
     def log_results(self, stage: str) -> dict[str, tuple[float, float]]:
         """Log the stage's results (``{stage}/{name}`` and ``{stage}/{name}_ci95``) at the end of its epoch
-        and return them, ``{name: (mean, ci95)}``.  Override to log more (a W&B plot, a flag)."""
+        and return them, ``{name: (mean, ci95)}``.  Override to log more (a W&B plot, a flag).
+
+        Per source (a data module with ``evaluation_names``): each source's results as
+        ``{stage}/{source}/{name}`` (and ``_ci95``), and ``{stage}/{name}`` their unweighted mean over the
+        sources (Meta-Dataset's average; its CI that of a mean of independent means), which model
+        selection reads."""
         results = self.results[stage]
         if not results.names:
             return {}
-        summary = results.compute()
+        sources = self.evaluation_sources()
+        if sources is None:
+            summary = results.compute()
+        else:
+            groups = results.group_summaries()
+            per_source = {sources[g]: groups[g] for g in sorted(groups) if g < len(sources)}
+            self._source_summaries[stage] = per_source
+            for name, (group_summary, _) in per_source.items():
+                self.check_finite_results(f"{stage}/{name}", group_summary)
+                self._log_summary(f"{stage}/{name}", group_summary, prog_bar=False)
+            summary = mean_over_groups([group_summary for group_summary, _ in per_source.values()])
         self.check_finite_results(stage, summary)
-        for name, (mean, ci95) in summary.items():
-            self.log(f"{stage}/{name}", mean, prog_bar=name == self.selection_metric, sync_dist=False)
-            if not name.startswith("loss"):
-                self.log(f"{stage}/{name}_ci95", ci95, sync_dist=False)
+        self._log_summary(stage, summary, prog_bar=True)
         return summary
+
+    def _log_summary(self, prefix: str, summary: dict[str, tuple[float, float]], prog_bar: bool) -> None:
+        for name, (mean, ci95) in summary.items():
+            self.log(f"{prefix}/{name}", mean, prog_bar=prog_bar and name == self.selection_metric, sync_dist=False,
+                     add_dataloader_idx=False)
+            if not name.startswith("loss"):
+                self.log(f"{prefix}/{name}_ci95", ci95, sync_dist=False, add_dataloader_idx=False)
 
     def check_finite_results(self, stage: str, summary: dict[str, tuple[float, float]]) -> None:
         """A non-finite evaluation result is never reported as a number: an error at test, a warning at

@@ -88,5 +88,6 @@ class EpisodeStream(ItemStream):
             batch = sample_batch(generators, self.ways, self.shots, self.queries)
         else:
             batch = sample_batch(generators, self.ways, self.shots, self.queries, augment=self.augment)
-        batch.index = torch.as_tensor(indices, dtype=torch.long)
+        # a source of variable-size episodes may serve fewer tasks than asked (the first, alone)
+        batch.index = torch.as_tensor(indices[:batch.num_tasks], dtype=torch.long)
         return batch
