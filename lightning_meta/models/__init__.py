@@ -11,7 +11,10 @@ from lightning_meta.models.mlp import MLP
 from lightning_meta.models.policies import CategoricalMLPPolicy, GaussianMLPPolicy, GRUPolicy
 from lightning_meta.models.relation import RelationEmbedding, RelationModule
 from lightning_meta.models.resnet12 import ResNet12
+from lightning_meta.models.resnet18 import ResNet18
 from lightning_meta.models.snail import SnailSequenceModel
+from lightning_meta.models.wrn import WideResNet
 
-__all__ = ["Backbone", "CategoricalMLPPolicy", "Conv4", "CoordinateMetaLSTM", "GaussianMLPPolicy", "GRUPolicy", "GradientReversal", "LRUAMemory", "MLP", "RelationEmbedding", "RelationModule", "ResNet12",
-           "SnailSequenceModel", "build_module", "module_spec"]
+__all__ = ["Backbone", "CategoricalMLPPolicy", "Conv4", "CoordinateMetaLSTM", "GaussianMLPPolicy", "GRUPolicy",
+           "GradientReversal", "LRUAMemory", "MLP", "RelationEmbedding", "RelationModule", "ResNet12", "ResNet18",
+           "SnailSequenceModel", "WideResNet", "build_module", "module_spec"]
