@@ -6,10 +6,11 @@
   training step runs it; PPO's 5 epochs;
 * RL² on k=5 bandits with n=100 pulls, 64 tasks x 8 trials: collecting and the PPO epochs.
 
-MAML-TRPO runs twice, side by side in the same rounds (each round times one and then the other, so a
-load that comes and goes falls on both): the learner's curvature product (the KL's Hessian at the
-adapted weights in Gauss-Newton form) and the same learner with that Hessian by double backward through
-the network (the product before, ``DoubleBackwardKL``).  Both are the exact KL Hessian.
+MAML-TRPO runs three learners side by side in the same rounds (each round times one after the other, so
+a load that comes and goes falls on all): the learner as configured (curvature product with the KL's
+Hessian at the adapted weights in Gauss-Newton form, its graphs looped over tasks), ``DoubleBackwardKL``
+(the product before: that Hessian by double backward through the network, every graph vmapped), and the
+learner with ``batching: loop``.  All compute the same numbers.
 
 The issue's target: MAML-TRPO at most 4 s per iteration on 2 cores.
 
@@ -62,32 +63,42 @@ def first_batch(data: EnvTaskDataModule, tasks: int) -> EnvTaskBatch:
 
 
 class DoubleBackwardKL(MAMLPolicyGradient):
-    """MAML with the KL's Hessian at the adapted weights by double backward through the network instead of
-    the Gauss-Newton form: the reference the curvature product is timed against."""
+    """MAML-TRPO's curvature product as it was before the Gauss-Newton form: the KL's Hessian at the adapted
+    weights by double backward through the network, every graph vmapped over tasks (the reference the
+    product is timed against; the same numbers)."""
+
+    curvature_batching = "vmap"
 
     def fisher_product(self, adapted: Params, query: Trajectories) -> Callable[[Params], Params]:
         return self.kl_double_backward(adapted, query)
 
 
 def maml_row(outer: str, tasks: int, rollouts: int, horizon: int, hidden: int, rounds: int) -> tuple[list, list]:
-    """MAML-TRPO's or MAML-PPO's row (TRPO: also the ``DoubleBackwardKL`` reference's, timed alongside)."""
+    """MAML-TRPO's or MAML-PPO's row; TRPO also times, side by side, the ``DoubleBackwardKL`` reference and the
+    learner with ``batching: loop`` (the meta-gradient looped over tasks too)."""
     data = EnvTaskDataModule(Navigation2D(horizon=horizon), rollouts=rollouts, meta_batch_size=tasks)
-    model = MAMLPolicyGradient(GaussianMLPPolicy(2, 2, hidden_sizes=(hidden, hidden)), outer=outer)
-    models = [model]
+    policy = lambda: GaussianMLPPolicy(2, 2, hidden_sizes=(hidden, hidden))  # noqa: E731
+    model = MAMLPolicyGradient(policy(), outer=outer)
+    learners = {f"MAML-{outer.upper()}": model}
     if outer == "trpo":
-        reference = DoubleBackwardKL(GaussianMLPPolicy(2, 2, hidden_sizes=(hidden, hidden)), outer=outer)
-        reference.policy.load_state_dict(model.policy.state_dict())
-        models.append(reference)
+        learners["MAML-TRPO, KL double backward, vmapped"] = DoubleBackwardKL(policy(), outer=outer)
+        learners["MAML-TRPO, batching: loop"] = MAMLPolicyGradient(policy(), outer=outer, batching="loop")
+        for learner in learners.values():
+            learner.policy.load_state_dict(model.policy.state_dict())
     batch = first_batch(data, tasks)
     sizes = model.step_sizes(True)
-    explore = lambda: model.explore(batch, sizes)  # noqa: E731
-    support, query = explore()
+    support, query = model.explore(batch, sizes)
     theta = {k: v.detach() for k, v in model.policy.named_parameters()}
     vector = {k: torch.randn_like(v) for k, v in theta.items()}
 
-    def gradient() -> None:
-        leaves = {k: v.clone().requires_grad_() for k, v in theta.items()}
-        torch.autograd.grad(model.batch_terms(leaves, support, query)[0], list(leaves.values()))
+    def explore(learner: MAMLPolicyGradient) -> Callable[[], object]:
+        return lambda: learner.explore(batch, sizes)
+
+    def gradient(learner: MAMLPolicyGradient) -> Callable[[], None]:
+        def run() -> None:
+            leaves = {k: v.clone().requires_grad_() for k, v in theta.items()}
+            torch.autograd.grad(learner.batch_terms(leaves, support, query)[0], list(leaves.values()))
+        return run
 
     def curvature(learner: MAMLPolicyGradient) -> Callable[[], None]:
         def run() -> None:
@@ -96,9 +107,11 @@ def maml_row(outer: str, tasks: int, rollouts: int, horizon: int, hidden: int, r
                 product(vector)
         return run
 
-    def line_search_point() -> None:
-        with torch.enable_grad():
-            model.batch_terms(theta, support, query)
+    def line_search_point(learner: MAMLPolicyGradient) -> Callable[[], None]:
+        def run() -> None:
+            with torch.enable_grad():
+                learner.batch_terms(theta, support, query)
+        return run
 
     def iteration(learner: MAMLPolicyGradient) -> Callable[[], None]:
         def run() -> None:
@@ -109,24 +122,23 @@ def maml_row(outer: str, tasks: int, rollouts: int, horizon: int, hidden: int, r
                           kl_hvp=learner.kl_hvp(theta, support, query))
             else:
                 for _ in range(learner.ppo_epochs):
-                    gradient()
+                    gradient(learner)()
         return run
 
+    parts = [explore, gradient] + ([curvature, line_search_point] if outer == "trpo" else []) + [iteration]
     load = ForeignLoad()
     load.start()
-    collect_s, gradient_s = timed(explore, rounds), timed(gradient, rounds)
-    curvature_s = timed_side_by_side([curvature(m) for m in models], rounds) if outer == "trpo" else [0.0]
-    search_s = timed(line_search_point, rounds) if outer == "trpo" else 0.0
-    iteration_s = timed_side_by_side([iteration(m) for m in models], rounds)
+    seconds = [timed_side_by_side([part(learner) for learner in learners.values()], rounds) for part in parts]
     load.stop()
-    other = load.cores
+    if outer != "trpo":
+        seconds[2:2] = [[0.0], [0.0]]
     problem = f"nav {tasks}x{rollouts}x{horizon}, {hidden}x{hidden}"
     rows, raw = [], []
-    for m, label, curvature_m, iteration_m in zip(models, [f"MAML-{outer.upper()}", "MAML-TRPO, KL double backward"],
-                                                   curvature_s, iteration_s):
-        rows.append([label, problem, collect_s, gradient_s, curvature_m, search_s, iteration_m, other])
-        raw.append({"learner": label, "collect_s": collect_s, "gradient_s": gradient_s, "curvature_s": curvature_m,
-                    "line_search_point_s": search_s, "iteration_s": iteration_m})
+    for i, label in enumerate(learners):
+        collect_s, gradient_s, curvature_s, search_s, iteration_s = (part[i] for part in seconds)
+        rows.append([label, problem, collect_s, gradient_s, curvature_s, search_s, iteration_s, load.cores])
+        raw.append({"learner": label, "collect_s": collect_s, "gradient_s": gradient_s, "curvature_s": curvature_s,
+                    "line_search_point_s": search_s, "iteration_s": iteration_s})
     return rows, raw
 
 

@@ -131,8 +131,9 @@ def test_the_loop_equals_vmap():
     by_vmap = meta_gradient(model, support, query)
     theta = {k: v.detach().clone() for k, v in model.policy.named_parameters()}
     vector = {k: torch.ones_like(v) for k, v in theta.items()}
+    model.curvature_batching = "vmap"  # the curvature product's own graphs vmapped too (the default loops them)
     product_vmap = model.kl_hvp(theta, support, query)(vector)
-    model.batching = "loop"
+    model.batching, model.curvature_batching = "loop", "loop"
     by_loop = meta_gradient(model, support, query)
     product_loop = model.kl_hvp(theta, support, query)(vector)
     for name in by_vmap:

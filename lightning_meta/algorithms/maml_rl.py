@@ -77,6 +77,13 @@ class MAMLPolicyGradient(Learner):
 
     selection_metric = "return"
     selection_mode = "max"
+    #: how :meth:`kl_hvp` builds its per-task graphs, whatever :attr:`batching` is: ``loop`` (same numbers).
+    #: A vmapped graph differentiates as ``bmm``, whose backward returns some activation gradients
+    #: transposed (column-major); summed with row-major ones they make each double-backward elementwise
+    #: pass several times slower, while ``mm``'s backward matches its input's layout.  Measured at the
+    #: paper's sizes (20 tasks x 2,000 steps, 100x100 tanh): an inner-loss Hessian product 0.11-0.12 s
+    #: looped against 0.25-0.27 s vmapped (one thread, CPU time, loaded machine).
+    curvature_batching: RLBatching = "loop"
     evaluation_needs_grad = True
     supported_precisions = ("32-true", "64-true")
     summary_names = ("return_before",)
@@ -295,7 +302,8 @@ class MAMLPolicyGradient(Learner):
         with torch.enable_grad():
             for step_size, trajectories in zip(self.step_sizes(True), support):
                 leaves = {name: p.detach().requires_grad_(second_order) for name, p in params.items()}
-                grads = self.support_gradients(leaves, trajectories, "second_order" if second_order else "none")
+                grads = self.support_gradients(leaves, trajectories, "second_order" if second_order else "none",
+                                               self.curvature_batching)
                 hessians.append((step_size, leaves, grads))
                 params = {name: leaves[name].detach() - step_size * grads[name].detach() for name in params}
         fisher = self.fisher_product(params, query)
@@ -323,9 +331,10 @@ class MAMLPolicyGradient(Learner):
 
         return product
 
-    def task_distributions(self, params: Params, observations: Tensor) -> Any:
-        """The policy's distribution at every task's own ``params`` (``[B, ...]``), its fields stacked ``[B, ...]``."""
-        if self.batching == "vmap":
+    def task_distributions(self, params: Params, observations: Tensor, batching: Optional[RLBatching] = None) -> Any:
+        """The policy's distribution at every task's own ``params`` (``[B, ...]``), its fields stacked ``[B, ...]``
+        (``batching``: default :attr:`batching`)."""
+        if (batching or self.batching) == "vmap":
             return vmap(lambda p, o: functional_call(self.policy, p, (o,)))(params, observations)
         per_task = [functional_call(self.policy, {k: v[b] for k, v in params.items()}, (observations[b],))
                     for b in range(observations.shape[0])]
@@ -351,7 +360,7 @@ class MAMLPolicyGradient(Learner):
         masks = query.masks
         with torch.enable_grad():
             leaves = {name: p.detach().requires_grad_() for name, p in adapted.items()}
-            distribution = self.task_distributions(leaves, query.observations)
+            distribution = self.task_distributions(leaves, query.observations, self.curvature_batching)
             fields = list(distribution)
             at = [f.detach().clone().requires_grad_() for f in query.old]  # the sampling policy's own fields
             kl = vmap(lambda old, new, m: masked_mean(old.kl(new), m))(query.old, type(distribution)(*at), masks)
@@ -388,12 +397,14 @@ class MAMLPolicyGradient(Learner):
 
         return product
 
-    def support_gradients(self, params: Params, trajectories: Trajectories, graph: Graph) -> Params:
-        """Each task's gradient of its inner loss on ``trajectories`` at its own ``params`` (``[B, ...]``)."""
+    def support_gradients(self, params: Params, trajectories: Trajectories, graph: Graph,
+                          batching: Optional[RLBatching] = None) -> Params:
+        """Each task's gradient of its inner loss on ``trajectories`` at its own ``params`` (``[B, ...]``;
+        ``batching``: default :attr:`batching`)."""
         def task_gradient(task_params: Params, task_trajectories: Trajectories) -> Params:
             return inner_gradients(lambda p: self.inner_loss(p, task_trajectories), task_params, graph)[0]
 
-        if self.batching == "vmap":
+        if (batching or self.batching) == "vmap":
             return vmap(task_gradient)(params, trajectories)
         per_task = [task_gradient({k: v[b] for k, v in params.items()}, pick(trajectories, b))
                     for b in range(trajectories.masks.shape[0])]
