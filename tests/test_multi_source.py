@@ -215,3 +215,34 @@ def test_learners_train_on_variable_episodes(learner):
     assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
     metrics = trainer.test(model, data, verbose=False)[0]
     assert {"test/a/acc", "test/b/acc", "test/acc"} <= set(metrics)
+
+
+def ddp_run(tmp_path, devices: int, mode: str) -> dict:
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = tmp_path / f"{devices}_{mode}.pt"
+    script = Path(__file__).with_name("ddp_multisource_check.py")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, str(script), str(out), str(devices), mode], capture_output=True,
+                          text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return torch.load(out)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["fixed", "variable"])
+def test_two_processes_match_one_on_multi_source_episodes(tmp_path, mode):
+    """Fixed sizes: 2 processes x 2 episodes = 1 x 4.  Variable sizes (one episode per process and step):
+    2 processes = 1 process accumulating 2 batches.  The per-source validation metrics agree too."""
+    single, double = ddp_run(tmp_path, 1, mode), ddp_run(tmp_path, 2, mode)
+    assert single["steps"] == double["steps"] == 3
+    for name, value in single["params"].items():
+        if "running_" in name or name.endswith("num_batches_tracked"):
+            continue
+        torch.testing.assert_close(double["params"][name], value, rtol=1e-5, atol=1e-6, msg=name)
+    assert {"val/a/acc", "val/b/acc", "val/acc"} <= set(single["metrics"])
+    for name, value in single["metrics"].items():
+        assert double["metrics"][name] == pytest.approx(value, abs=1e-5), name
