@@ -40,10 +40,12 @@ Where the fakes go (defaults ``support_fakes=1`` and ``query_fakes=3`` per class
   an image is real when its relation scores add up (with the offset) to more than 1.  Its supervised loss stays
   the paper's MSE.
 
-Real and fake images go through the discriminator in separate forward passes, so the real images are processed
-exactly as the wrapped learner processes them (BatchNorm statistics of the real batch); a metric learner's
-running BatchNorm statistics never see a fake (the fakes' updates are discarded), so evaluation in ``eval()``
-mode normalises with real statistics only.
+Real and fake images of a task share each forward pass through the discriminator (one BatchNorm batch), in the
+inner loop, the meta-loss, feature matching and evaluation alike; a metric learner's running statistics are then
+those of the mixture it trains on, which evaluation in ``eval()`` mode uses.  (Measured first, fakes embedded apart:
+in a training-mode pass of their own, their own batch statistics hid what tells them apart; in ``eval()`` mode beside
+training-mode real images, the discriminator learnt the normalisation gap: real/fake accuracy 1.0 in training, 0.5 at
+evaluation.)  The generator's step leaves the running statistics as they were.
 
 Training alternates, each step: the discriminator's update on ``L_D`` (fakes detached) through
 ``outer_step(optimizer="discriminator")``, then the generator's on the feature-matching loss (discriminator
@@ -162,6 +164,7 @@ class MetaGAN(MetaLearner):
         query_fakes: int = 3,
         adversarial_weight: float = 1.0,
         generator_lr: Optional[float] = None,
+        offset_lr: float = 0.1,
         augment_support: bool = False,
         noise_seed: int = 0,
         **kwargs: Any,
@@ -174,6 +177,7 @@ class MetaGAN(MetaLearner):
         require_positive(MODEL_ARGS + "adversarial_weight", adversarial_weight, allow_zero=True, integer=False)
         if generator_lr is not None:
             require_positive(MODEL_ARGS + "generator_lr", generator_lr, integer=False)
+        require_positive(MODEL_ARGS + "offset_lr", offset_lr, integer=False)
         if self.family == "maml" and getattr(learner, "multi_step_loss", False):
             raise ConfigurationError(f"{MODEL_ARGS}learner.init_args.multi_step_loss=true: MetaGAN scores the adapted"
                                      " weights only; set it to false")
@@ -189,10 +193,13 @@ class MetaGAN(MetaLearner):
         self.support_fakes, self.query_fakes = support_fakes, query_fakes
         self.adversarial_weight = float(adversarial_weight)
         self.generator_lr = generator_lr
+        self.offset_lr = float(offset_lr)
         self.augment_support = augment_support
         self.noise_seed = noise_seed
         # the fake class's logit offset; only with a generator (a parameter no loss reaches would stall DDP)
         self.fake_offset = nn.Parameter(torch.zeros(())) if self.generator is not None else None
+        # set once, at the first training batch, so that a typical real query starts at p(real) = 1/2
+        self.register_buffer("offset_initialised", torch.tensor(self.generator is None))
         self.evaluation_needs_grad = self.family == "maml"
         self.hparams["learner"] = {"class_path": f"{type(learner).__module__}.{type(learner).__qualname__}",
                                    "init_args": dict(learner.hparams)}
@@ -207,9 +214,35 @@ class MetaGAN(MetaLearner):
                 "generator": list(self.generator.parameters())}
 
     def make_optimizer(self, group: str, parameters: list[nn.Parameter]) -> torch.optim.Optimizer:
+        """Adam: the generator at ``generator_lr`` with betas (0.5, 0.999) (DCGAN's); the discriminator at
+        ``outer_lr``, its fake-class offset at ``offset_lr`` (distance logits move by tens; ``--optimizer``
+        replaces both with one rate)."""
         if group == "generator":
             return torch.optim.Adam(parameters, lr=self.generator_lr or self.outer_lr, betas=(0.5, 0.999))
+        if group == "discriminator":
+            rest = [p for p in parameters if p is not self.fake_offset]
+            return torch.optim.Adam([{"params": rest}, {"params": [self.fake_offset], "lr": self.offset_lr}],
+                                    lr=self.outer_lr)
         return torch.optim.Adam(parameters, lr=self.outer_lr)
+
+    def initialise_offset(self, batch: TaskBatch) -> None:
+        """At the first training batch: ``offset = -mean log Z`` of the real queries of the batch (mean over the
+        processes), the real/fake boundary at a typical real query.  Distance logits (``-||q - c||^2``) start tens
+        below 0, where a zero offset would call every image fake and the gradient of the offset alone would take
+        thousands of steps to get there."""
+        values = []
+        with torch.no_grad(), discarded_running_stats(self.learner):
+            for i in range(batch.num_tasks):
+                task = batch[i]
+                if self.family == "maml":
+                    outputs = self.learner.evaluate_task(*task)[0]
+                else:
+                    outputs = self.learner.task_logits(self.learner.embed(task.support_x), task.support_y,
+                                                       self.learner.embed(task.query_x))
+                values.append(log_z(self.class_logits(outputs)).mean())
+            mean = self.all_reduce_mean(torch.stack(values).mean())
+            self.fake_offset.fill_(-float(mean))
+        self.offset_initialised.fill_(True)
 
     # ------------------------------------------------------------------ fakes
     def episode_noise(self, index: int, count: int, stage: str) -> Tensor:
@@ -237,37 +270,43 @@ class MetaGAN(MetaLearner):
         return F.logsigmoid(outputs) if isinstance(self.learner, RelationNetwork) else outputs
 
     def maml_task(self, params: Params, support_x: Tensor, support_y: Tensor, query_x: Tensor, fake_support: Tensor,
-                  fake_query: Tensor, steps: int, graph: Graph) -> tuple[Tensor, list[Params], Any, Tensor, Tensor]:
-        """Adapt on ``L_D`` of the support set and its fakes: ``(offset, trajectory, forward, query inputs,
-        fake query inputs)``."""
+                  fake_query: Tensor, steps: int, graph: Graph) -> tuple[Tensor, list[Params], Any]:
+        """Adapt on ``L_D`` of the support set and its fakes: ``(offset, trajectory, score)`` where
+        ``score(weights) -> (real query outputs, fake query outputs)``.  Real and fake images share each forward
+        pass (one BatchNorm batch), in the inner loop, the meta-loss and evaluation alike."""
         learner = self.learner
         learner_params = sub_params(params, "learner")
         offset = params["fake_offset"] if graph != "none" else params["fake_offset"].detach()
-        fast, forward, support_in, query_in = learner.prepare_task(sub_params(learner_params, "backbone"), support_x,
-                                                                   query_x)
-        _, _, fake_support_in, fake_query_in = learner.prepare_task(sub_params(learner_params, "backbone"),
-                                                                    fake_support, fake_query)
+        fast, forward, support_in, query_in = learner.prepare_task(
+            sub_params(learner_params, "backbone"), torch.cat([support_x, fake_support]),
+            torch.cat([query_x, fake_query]))
+        shots, queries = len(support_x), len(query_x)
 
         def support_loss(p: Params, step: int) -> Tensor:
-            real = forward(p, support_in)
-            loss = learner.inner_loss(real, support_y)
-            if len(fake_support_in):
-                loss = loss + self.adversarial_weight * real_fake_loss(real, forward(p, fake_support_in), offset)
+            outputs = forward(p, support_in)
+            loss = learner.inner_loss(outputs[:shots], support_y)
+            if len(outputs) > shots:
+                loss = loss + self.adversarial_weight * real_fake_loss(outputs[:shots], outputs[shots:], offset)
             return loss
+
+        def score(p: Params) -> tuple[Tensor, Tensor]:
+            outputs = forward(p, query_in)
+            return outputs[:queries], outputs[queries:]
 
         trajectory = adapt(support_loss, fast, steps, learner.inner_update(learner_params), graph,
                            self.inner_loss_scale)
-        return offset, trajectory, forward, query_in, fake_query_in
+        return offset, trajectory, score
 
     def metric_task(self, support_x: Tensor, support_y: Tensor, query_x: Tensor, fake_support: Tensor,
                     fake_classes: Tensor, fake_query: Tensor) -> tuple[Tensor, Tensor]:
         """``(real query outputs, fake outputs)`` of a metric learner: the real support set (plus the labelled
-        support fakes with ``augment_support``) makes the classifier."""
+        support fakes with ``augment_support``) makes the classifier.  Real and fake images are embedded in one
+        pass (one BatchNorm batch in training, so the running statistics are those of the mixture it trains on)."""
         learner = self.learner
-        features = learner.embed(torch.cat([support_x, query_x]))
-        with discarded_running_stats(learner.embedding):
-            fake_features = learner.embed(torch.cat([fake_support, fake_query]))
-        support_features, query_features = features[: len(support_x)], features[len(support_x):]
+        real = len(support_x) + len(query_x)
+        features = learner.embed(torch.cat([support_x, query_x, fake_support, fake_query]))
+        support_features, query_features = features[: len(support_x)], features[len(support_x): real]
+        fake_features = features[real:]
         labels = support_y
         if self.augment_support:
             support_features = torch.cat([support_features, fake_features[: len(fake_support)]])
@@ -282,9 +321,9 @@ class MetaGAN(MetaLearner):
         fake_support, fake_classes, fake_query = fakes
         if self.family == "maml":
             graph: Graph = "first_order" if self.learner.uses_first_order else "second_order"
-            offset, trajectory, forward, query_in, fake_in = self.maml_task(
-                params, support_x, support_y, query_x, fake_support, fake_query, self.learner.inner_steps, graph)
-            outputs, fake_outputs = forward(trajectory[-1], query_in), forward(trajectory[-1], fake_in)
+            offset, trajectory, score = self.maml_task(params, support_x, support_y, query_x, fake_support, fake_query,
+                                                       self.learner.inner_steps, graph)
+            outputs, fake_outputs = score(trajectory[-1])
             supervised = self.learner.query_loss(outputs, query_y)
         else:
             offset = params["fake_offset"]
@@ -305,6 +344,8 @@ class MetaGAN(MetaLearner):
     def training_step(self, batch: TaskBatch, batch_idx: int) -> Tensor:
         if self.generator is None:
             return super().training_step(batch, batch_idx)
+        if not bool(self.offset_initialised):
+            self.initialise_offset(batch)
         tasks = [batch[i] for i in range(batch.num_tasks)]
         count = len(tasks)
         noises = [self.episode_noise(int(batch.index[i]) if batch.index is not None else i,
@@ -343,11 +384,9 @@ class MetaGAN(MetaLearner):
 
     def generator_objective(self, real: Tensor, fakes: Tensor) -> Tensor:
         """Feature matching of one task's fakes to its real images (support and queries)."""
-        module = self.learner.embedding if self.family == "metric" else self.learner
-        with discarded_running_stats(module):
-            with torch.no_grad():
-                real_features = self.discriminator_features(real)
-            return feature_matching_loss(real_features, self.discriminator_features(fakes))
+        with discarded_running_stats(self.learner):  # one pass, as the discriminator saw them; statistics unmoved
+            features = self.discriminator_features(torch.cat([real, fakes]))
+        return feature_matching_loss(features[: len(real)].detach(), features[len(real):])
 
     # ------------------------------------------------------------------ evaluation
     def evaluate_task(self, support_x: Tensor, support_y: Tensor, query_x: Tensor,
@@ -385,12 +424,12 @@ class MetaGAN(MetaLearner):
             with torch.no_grad():
                 fake_support, fake_classes, fake_query = self.fakes(task.support_x, task.support_y, noise)
             if self.family == "maml":
-                offset, trajectory, forward, query_in, fake_in = self.maml_task(
+                offset, trajectory, score = self.maml_task(
                     params, task.support_x, task.support_y, task.query_x, fake_support, fake_query,
                     self.learner.test_inner_steps, "none")
                 with torch.no_grad():
-                    after, fake = forward(trajectory[-1], query_in), forward(trajectory[-1], fake_in)
-                    befores.append(forward(trajectory[0], query_in))
+                    after, fake = score(trajectory[-1])
+                    befores.append(score(trajectory[0])[0])
             else:
                 offset = params["fake_offset"]
                 with torch.no_grad():
