@@ -190,3 +190,20 @@ def test_resume_mid_epoch_equals_uninterrupted(tmp_path):
     trainer.fit(model, data, ckpt_path=tmp_path / "ckpt" / "step=7.ckpt")
     for name, value in uninterrupted.items():
         assert torch.equal(model.state_dict()[name], value), name
+
+
+@pytest.mark.slow
+def test_data_loading_benchmark_smoke_mode_prints_its_table():
+    """benchmarks/data_loading.py --tiny runs end to end (no timing asserted: the machine is shared)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "benchmarks.data_loading", "--tiny", "--threads", "1"], cwd=repo,
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for text in ("Data loading: augmented 84x84 RGB episodes/s", "episodes/s", "vs step", "augment"):
+        assert text in done.stdout, done.stdout
