@@ -5,6 +5,7 @@ or array), the domain pairs of DANN, the environment tasks of meta-RL and the se
 hyper-parameter learning (digits)."""
 
 from lightning_meta.data.aircraft import AircraftDataModule
+from lightning_meta.data.augmentation import EpisodeAugmentation
 from lightning_meta.data.bundled import bundled_names, bundled_path
 from lightning_meta.data.cifar_fs import CIFARFSDataModule
 from lightning_meta.data.class_images import ClassImages
@@ -21,6 +22,7 @@ from lightning_meta.data.fungi import FungiDataModule
 from lightning_meta.data.image_folder import ImageFolderDataModule
 from lightning_meta.data.meta_album import MetaAlbumDataModule
 from lightning_meta.data.miniimagenet import MiniImageNetDataModule
+from lightning_meta.data.multi_source import ClassPartDataModule, MultiSourceDataModule
 from lightning_meta.data.npz import NpzDataModule
 from lightning_meta.data.omniglot import OmniglotDataModule
 from lightning_meta.data.prediction import PredictionSet, predict_folders
@@ -49,10 +51,12 @@ __all__ = [
     "CSVSplitDataModule",
     "CUBDataModule",
     "ClassImages",
+    "ClassPartDataModule",
     "DTDDataModule",
     "DigitsDataModule",
     "DomainPairDataModule",
     "EnvTaskDataModule",
+    "EpisodeAugmentation",
     "EpisodeStream",
     "EpisodicDataModule",
     "FC100DataModule",
@@ -65,6 +69,7 @@ __all__ = [
     "LinearTasks",
     "MetaAlbumDataModule",
     "MiniImageNetDataModule",
+    "MultiSourceDataModule",
     "NpzDataModule",
     "OmniglotDataModule",
     "PredictionSet",
