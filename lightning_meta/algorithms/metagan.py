@@ -130,6 +130,9 @@ class MetaGAN(MetaLearner):
         adversarial_weight: weight of the real/fake loss in the discriminator's loss.
         generator_lr: Adam learning rate of the generator (default ``outer_lr``); betas (0.5, 0.999).
         augment_support: metric learners only: the support fakes join the support set, labelled with their class.
+            Measured once (hanzi 5-way 1-shot, ProtoNet Conv4-32, 100 batches of 2 episodes, 200 test episodes): it
+            hurts, 0.5395 against 0.8015 without it and 0.8324 for plain ProtoNet (real/fake accuracy 0.39: the
+            query fakes sit near prototypes built partly from fakes).
         noise_seed: seed of the per-episode noise.
         Remaining arguments (``outer_lr``: the discriminator's Adam rate, ``gradient_clip_val``,
         ``accumulate_grad_batches``): see :class:`~lightning_meta.algorithms.learner.Learner`.
