@@ -34,6 +34,10 @@ TABLES = {
                                                                               "ms per task", "peak MiB"),
     "Against published code: hypergradient vs higher, iMAML vs TorchOpt custom_root": ("implementation", "ref/ours",
                                                                                        "grad diff"),
+    "Data loading: augmented 84x84 RGB episodes/s vs a mini-ImageNet MAML step": ("num_workers", "episodes/s",
+                                                                                   "vs step"),
+    "MetaGAN step vs the plain learner": ("learner", "step ms", "x plain", "peak MiB"),
+    "FIGR: meta-iterations per second and adaptation time of one class": ("meta-iterations/s", "adapt one class ms"),
 }
 
 
