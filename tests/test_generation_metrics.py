@@ -26,21 +26,25 @@ from lightning_meta.models.conv4 import Conv4
 WAYS, SHOTS, QUERIES = 5, 4, 16
 
 
-@pytest.fixture(scope="module")
-def judge_checkpoint(tmp_path_factory):
-    """A ProtoNet (Conv4-32, 20-way 1-shot, 100 episodes) trained on the hanzi meta-train classes, as a file."""
+def train_judge(path, episodes: int = 100):
+    """A ProtoNet (Conv4-32, 20-way 1-shot, ``episodes`` episodes) trained on the hanzi meta-train classes (the
+    split of configs/protonet_hanzi_5w1s.yaml), saved to ``path``: what a user passes as FIGR's judge_ckpt."""
     torch.manual_seed(0)
     model = PrototypicalNetwork(Conv4(1, None, hidden_channels=32, pooling="max", image_size=28,
                                       batch_norm_stats="running"), outer_lr=1e-3)
     data = NpzDataModule("hanzi", ways=20, shots=1, queries=5, test_ways=WAYS, test_shots=SHOTS,
                          test_queries=QUERIES, rotations=[0, 90, 180, 270], meta_batch_size=1,
-                         episodes_per_epoch=100, val_episodes=2, test_episodes=12)
+                         episodes_per_epoch=episodes, val_episodes=2, test_episodes=12)
     trainer = pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, inference_mode=False, limit_val_batches=0)
     trainer.fit(model, data)
-    path = tmp_path_factory.mktemp("judge") / "protonet.ckpt"
     trainer.save_checkpoint(path)
     return path
+
+
+@pytest.fixture(scope="module")
+def judge_checkpoint(tmp_path_factory):
+    return train_judge(tmp_path_factory.mktemp("judge") / "protonet.ckpt")
 
 
 @pytest.fixture(scope="module")
