@@ -19,7 +19,7 @@ from typing import Any
 _ORIGIN: dict[str, str] = {
     **dict.fromkeys(
         ["ANIL", "MAML", "Baseline", "BaselinePlusPlus", "DomainAdversarial", "FineTuningBaseline", "HyperparameterLearner",
-         "IMAML", "Learner", "MAMLPolicyGradient", "MANN", "MatchingNetwork", "MetaLearner", "MetaLearnerLSTM", "MetaSGD",
+         "IMAML", "Learner", "MAMLPolicyGradient", "MANN", "MatchingNetwork", "MetaGAN", "MetaLearner", "MetaLearnerLSTM", "MetaSGD",
          "MetricLearner", "PrototypicalNetwork", "RelationNetwork", "Reptile", "RL2", "SequenceLearner", "SiameseNetwork", "SNAIL"],
         "lightning_meta.algorithms",
     ),
@@ -77,6 +77,7 @@ __all__ = [
     "MAMLPolicyGradient",
     "MANN",
     "MatchingNetwork",
+    "MetaGAN",
     "MetaAlbumDataModule",
     "MetaLearner",
     "MetaLearnerLSTM",

@@ -65,6 +65,8 @@ ALGORITHMS: tuple[Entry, ...] = (
           "MAML for reinforcement learning, TRPO or PPO outer step (Finn et al. 2017; Rothfuss et al. 2019)"),
     Entry("HyperparameterLearner", "lightning_meta.HyperparameterLearner",
           "learns inner rates, momenta or example weights by hypergradients (Maclaurin et al. 2015)"),
+    Entry("MetaGAN", "lightning_meta.MetaGAN",
+          "a task-conditioned generator adds a fake class to a few-shot classifier (Zhang et al. 2018)"),
     Entry("RL2", "lightning_meta.RL2", "a recurrent policy that learns within a trial, trained with PPO (Duan et al. 2016)"),
 )
 

@@ -13,6 +13,7 @@ from lightning_meta.algorithms.mann import MANN
 from lightning_meta.algorithms.matching import MatchingNetwork
 from lightning_meta.algorithms.meta_lstm import MetaLearnerLSTM
 from lightning_meta.algorithms.meta_sgd import MetaSGD
+from lightning_meta.algorithms.metagan import MetaGAN
 from lightning_meta.algorithms.metric import MetricLearner
 from lightning_meta.algorithms.protonet import PrototypicalNetwork
 from lightning_meta.algorithms.relation import RelationNetwork
@@ -23,5 +24,5 @@ from lightning_meta.algorithms.siamese import SiameseNetwork
 from lightning_meta.algorithms.snail import SNAIL
 
 __all__ = ["ANIL", "Baseline", "BaselinePlusPlus", "DomainAdversarial", "FineTuningBaseline", "HyperparameterLearner", "IMAML", "Learner",
-           "MAML", "MAMLPolicyGradient", "MANN", "MatchingNetwork", "MetaLearner", "MetaLearnerLSTM", "MetaSGD",
+           "MAML", "MAMLPolicyGradient", "MANN", "MatchingNetwork", "MetaGAN", "MetaLearner", "MetaLearnerLSTM", "MetaSGD",
            "MetricLearner", "PrototypicalNetwork", "RelationNetwork", "Reptile", "RL2", "SequenceLearner", "SiameseNetwork", "SNAIL"]

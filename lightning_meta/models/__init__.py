@@ -4,6 +4,7 @@ policies of the meta-RL learners."""
 
 from lightning_meta.models.backbone import Backbone, build_module, module_spec
 from lightning_meta.models.conv4 import Conv4
+from lightning_meta.models.generator import TaskConditionedGenerator
 from lightning_meta.models.gradient_reversal import GradientReversal
 from lightning_meta.models.memory import LRUAMemory
 from lightning_meta.models.meta_lstm_cell import CoordinateMetaLSTM
@@ -17,4 +18,4 @@ from lightning_meta.models.wrn import WideResNet
 
 __all__ = ["Backbone", "CategoricalMLPPolicy", "Conv4", "CoordinateMetaLSTM", "GaussianMLPPolicy", "GRUPolicy",
            "GradientReversal", "LRUAMemory", "MLP", "RelationEmbedding", "RelationModule", "ResNet12", "ResNet18",
-           "SnailSequenceModel", "WideResNet", "build_module", "module_spec"]
+           "SnailSequenceModel", "TaskConditionedGenerator", "WideResNet", "build_module", "module_spec"]
