@@ -14,7 +14,7 @@ import torch
 
 from lightning_meta.data.class_images import ClassImages
 from lightning_meta.data.datamodule import EpisodicDataModule
-from lightning_meta.data.download import extract, fetch
+from lightning_meta.data.download import missing_where, unpack_archive
 from lightning_meta.data.image_files import check_image_size
 from lightning_meta.data.preprocessing import ImagePreprocessing
 from lightning_meta.errors import DATA_ARGS, ConfigurationError
@@ -112,16 +112,10 @@ class CIFAR100Classes(EpisodicDataModule):
         ``download``; a one-line error naming the missing file otherwise."""
         if not self.missing():
             return
-        root = Path(self.root).expanduser()
-        archive = root / CIFAR_ARCHIVE
-        if not archive.is_file() and self.download:
-            fetch(CIFAR_URLS, archive, md5=CIFAR_MD5, what=CIFAR_SOURCE)
-        if archive.is_file():
-            extract(archive, root)
+        unpack_archive(self.root, CIFAR_ARCHIVE, CIFAR_URLS, download=self.download, md5=CIFAR_MD5, what=CIFAR_SOURCE)
         missing = self.missing()
         if missing:
-            where = f"folder {root.resolve()} does not exist" if not root.is_dir() else \
-                f"{missing[0].resolve()} is missing"
+            where = missing_where(self.root, missing[0])
             raise ConfigurationError(
                 f"{DATA_ARGS}root={self.root!r}: {self.title} needs {CIFAR_SOURCE}, not found: {where}. Set"
                 f" --data.init_args.root to the folder holding {CIFAR_FOLDER}/ (torchvision's layout, extracted from"

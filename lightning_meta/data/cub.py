@@ -11,7 +11,7 @@ import torch
 
 from lightning_meta.data.class_images import ClassImages
 from lightning_meta.data.datamodule import EpisodicDataModule
-from lightning_meta.data.download import extract, fetch
+from lightning_meta.data.download import missing_where, unpack_archive
 from lightning_meta.data.image_files import (
     ClassFiles,
     cached_decode,
@@ -130,16 +130,10 @@ class CUBDataModule(EpisodicDataModule):
         a one-line error naming the first missing file otherwise."""
         if not self.missing():
             return
-        root = Path(self.root).expanduser()
-        archive = root / ARCHIVE
-        if not archive.is_file() and self.download:
-            fetch(URLS, archive, md5=MD5, what=SOURCE)
-        if archive.is_file():
-            extract(archive, root)
+        unpack_archive(self.root, ARCHIVE, URLS, download=self.download, md5=MD5, what=SOURCE)
         missing = self.missing()
         if missing:
-            where = f"folder {root.resolve()} does not exist" if not root.is_dir() else \
-                f"{missing[0].resolve()} is missing"
+            where = missing_where(self.root, missing[0])
             raise ConfigurationError(
                 f"{DATA_ARGS}root={self.root!r}: CUB-200-2011 not found: {where}. Set --data.init_args.root to the"
                 f" folder holding {FOLDER}/ (the official tree: images/, images.txt, image_class_labels.txt,"

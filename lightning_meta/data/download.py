@@ -196,3 +196,28 @@ def extract(archive: Union[str, Path], folder: Union[str, Path]) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return folder
+
+
+def unpack_archive(root: Union[str, Path], archive_name: str, urls: Union[str, Sequence[str]], *, download: bool,
+                   what: str, md5: Optional[str] = None, sha256: Optional[str] = None) -> None:
+    """Extract ``root/archive_name`` into ``root``, fetching it first (checked) when it is absent and
+    ``download`` is set; nothing happens when it is absent and ``download`` is not.  The caller then
+    checks its files and names what is still missing.
+
+    Example::
+
+        unpack_archive("data", "CUB_200_2011.tgz", URLS, download=True, md5=MD5, what="CUB-200-2011")
+    """
+    root = Path(root).expanduser()
+    archive = root / archive_name
+    if not archive.is_file() and download:
+        fetch(urls, archive, md5=md5, sha256=sha256, what=what)
+    if archive.is_file():
+        extract(archive, root)
+
+
+def missing_where(root: Union[str, Path], missing: Path) -> str:
+    """Where a data set was not found, for its one-line error: the root folder or the first missing file."""
+    root = Path(root).expanduser()
+    return f"folder {root.resolve()} does not exist" if not root.is_dir() else f"{missing.resolve()} is missing"
+
