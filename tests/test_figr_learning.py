@@ -5,6 +5,11 @@ copying the supports.
 The judge is a frozen ProtoNet trained here on the meta-train classes (tests/test_generation_metrics.py's
 ``train_judge``); the 60 held-out test classes are scored in 12 episodes of 5 classes x 4 supports x 16 real
 images, with the networks and inner loop of configs/figr_glyphs.yaml.
+
+Measured (one thread, loaded 2-core machine, 198 s wall in all; 300 iterations 155 s CPU, judge 7 s): adapted
+fidelity 0.373 +- 0.063, unadapted 0.200, paired gain +0.173 +- 0.047; support distance 1.65, diversity 1.26,
+KID 2.70 vs unadapted 3.49; jittered supports: fidelity 0.886, support distance 1.24; the judge's accuracy on the
+real held-out images 0.965.  (Raw-pixel judge, same run settings: 0.390 vs 0.200, +0.190 +- 0.059.)
 """
 
 from __future__ import annotations
