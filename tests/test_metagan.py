@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cli_helpers import CONFIGS, cli, ok
+from cli_helpers import CONFIGS, cli, ok, the_run, weights
 from fixtures_images import make_omniglot
 from lightning_meta import MAML, PrototypicalNetwork
 from lightning_meta.algorithms.metagan import (
@@ -233,3 +233,31 @@ def test_configs_fit_and_test_through_the_cli(tmp_path, name):
     run = ok(cli("fit", "--config", str(CONFIGS / f"{name}.yaml"), *args, cwd=tmp_path))
     output = run.stdout + run.stderr
     assert "test/acc = " in output and "test/real_fake_acc" in output, output[-3000:]
+
+
+def test_two_processes_equal_one_through_the_cli(tmp_path):
+    """The user's line ``fit --config configs/metagan_protonet_hanzi_5w1s.yaml --trainer.devices 2 --trainer.strategy
+    ddp`` (CPU, gloo; no find_unused_parameters) trains and tests, with tiny sizes: 2 batches of 2 episodes (4
+    optimizer steps), each process one episode of each batch, so it ends with the one-process run's parameters.  The
+    BatchNorm running statistics are not compared: each process's are those of its own episodes (DDP broadcasts rank
+    0's), as for the plain ProtoNet, and so are the test values, which evaluation in ``eval()`` mode computes with them."""
+    small = ["--trainer.max_steps", "4", "--data.init_args.episodes_per_epoch", "4", "--data.init_args.val_episodes",
+             "4", "--data.init_args.test_episodes", "4", "--data.init_args.queries", "2",
+             "--data.init_args.test_queries", "2", "--model.init_args.generator.init_args.hidden_channels", "4",
+             "--model.init_args.generator.init_args.encoder_channels", "4"]
+    config = str(CONFIGS / "metagan_protonet_hanzi_5w1s.yaml")
+    ok(cli("fit", "--config", config, *small, "--trainer.logger.init_args.save_dir", "one", cwd=tmp_path))
+    two = ok(cli("fit", "--config", config, "--trainer.devices", "2", "--trainer.strategy", "ddp", *small,
+                 "--trainer.logger.init_args.save_dir", "two", cwd=tmp_path))
+    assert "test/acc = " in two.stdout + two.stderr and "test/real_fake_acc = " in two.stdout + two.stderr
+    one_run, two_run = the_run(tmp_path / "one"), the_run(tmp_path / "two")
+    one_weights = weights(one_run / "checkpoints" / "last.ckpt")
+    two_weights = weights(two_run / "checkpoints" / "last.ckpt")
+    assert one_weights.keys() == two_weights.keys()
+    start = MetaGAN(protonet(), generator(28))  # not the config's initial weights: only to list the parameters
+    parameters = [name for name, _ in start.named_parameters()]
+    assert "fake_offset" in parameters and any(n.startswith("generator.") for n in parameters)
+    for name in parameters:
+        torch.testing.assert_close(two_weights[name], one_weights[name], rtol=1e-4, atol=1e-6, msg=name)
+    steps = [torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] for run in (one_run, two_run)]
+    assert steps == [4, 4]

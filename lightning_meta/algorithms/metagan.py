@@ -49,9 +49,12 @@ evaluation.)  The generator's step leaves the running statistics as they were.
 
 Training alternates, each step: the discriminator's update on ``L_D`` (fakes detached) through
 ``outer_step(optimizer="discriminator")``, then the generator's on the feature-matching loss (discriminator
-frozen by ``toggled_optimizer``) through ``outer_step(optimizer="generator")``; one task's graph at a time,
-one DDP gradient sync per optimizer step.  Multi-process training needs
-``DDPStrategy(find_unused_parameters=True)``: each backward reaches one group only.  Noise is drawn per episode
+frozen by ``toggled_optimizer``) through ``outer_step(optimizer="generator")``; one task's graph at a time.
+Each update reaches one group only, which DDP's reducer (it expects every parameter in each backward) would refuse
+without ``find_unused_parameters``: the learner takes the gradients itself (``torch.autograd.grad``), averages them
+over the processes in one collective per optimizer step (:meth:`all_reduce_mean`) and hands them to
+``outer_step(all_reduced=True)``, so plain ``strategy: ddp`` trains (not under ``16-mixed``, whose loss scaling
+that path bypasses: use ``32-true`` or ``bf16-mixed``).  Noise is drawn per episode
 from a generator seeded by ``(noise_seed, epoch, episode index)``, so 2 processes draw what 1 process draws.
 """
 
@@ -355,27 +358,54 @@ class MetaGAN(MetaLearner):
                                      self.fake_count(int(task.support_y.max()) + 1), "train")
                   for i, task in enumerate(tasks)]
         params = self.meta_parameters()
+        groups = self.parameter_names()
         losses, predictions, accuracies = [], [], []
+        d_grads: dict[str, Tensor] = {}
         for i, task in enumerate(tasks):  # the discriminator: fakes are constants
             with torch.no_grad():
                 fakes = self.fakes(task.support_x, task.support_y, noises[i])
             loss, outputs, accuracy = self.discriminator_objective(params, *task, fakes)
-            losses.append(self.backpropagate(loss, scale=1 / count, last=i == count - 1))
+            losses.append(self.task_gradients(loss, params, groups["discriminator"], d_grads, count))
             predictions.append(outputs.detach())
             accuracies.append(accuracy)
-        self.outer_step(optimizer="discriminator")
+        self.outer_step(grads=self.all_reduce_mean(d_grads), all_reduced=True, optimizer="discriminator")
         g_losses = []
+        g_grads: dict[str, Tensor] = {}
         with self.toggled_optimizer(self.optimizer("generator")):  # no gradient into the discriminator
+            g_params = {name: p for name, p in self.named_parameters() if name in groups["generator"]}
             for i, task in enumerate(tasks):
                 fake_support, _, fake_query = self.fakes(task.support_x, task.support_y, noises[i])
                 g_loss = self.generator_objective(torch.cat([task.support_x, task.query_x]),
                                                   torch.cat([fake_support, fake_query]))
-                g_losses.append(self.backpropagate(g_loss, scale=1 / count, last=i == count - 1))
-            self.outer_step(optimizer="generator")
+                g_losses.append(self.task_gradients(g_loss, g_params, groups["generator"], g_grads, count))
+            self.outer_step(grads=self.all_reduce_mean(g_grads), all_reduced=True, optimizer="generator")
         losses_t = torch.stack(losses)
         self.log_training(batch, losses_t, torch.stack(predictions))
         self.log_values("train", {"g_loss": torch.stack(g_losses).mean(), "real_fake_acc": torch.stack(accuracies)})
         return losses_t.mean()
+
+    def parameter_names(self) -> dict[str, list[str]]:
+        """The parameter names of each optimizer's group (``discriminator``, ``generator``)."""
+        names = {id(p): name for name, p in self.named_parameters()}
+        return {group: [names[id(p)] for p in parameters] for group, parameters in self.outer_parameters().items()}
+
+    def task_gradients(self, loss: Tensor, params: dict[str, Tensor], names: list[str], total: dict[str, Tensor],
+                       count: int) -> Tensor:
+        """Add the gradient of ``loss / count`` w.r.t. the parameters ``names`` (zeros where it does not reach) to
+        ``total``; returns ``loss`` detached (a non-finite loss raises before any weight moves).
+
+        The learner takes its gradients with ``torch.autograd.grad`` and averages them over the processes itself
+        (:meth:`all_reduce_mean`, then ``outer_step(all_reduced=True)``), so DDP's reducer, which expects every
+        parameter in each backward pass, never runs: the alternating updates reach one group each, and plain
+        ``strategy: ddp`` needs no ``find_unused_parameters``."""
+        detached = loss.detach()
+        self.check_finite(detached)
+        inputs = [params[name] for name in names]
+        grads = torch.autograd.grad(loss / count, inputs, allow_unused=True)
+        for name, p, g in zip(names, inputs, grads):
+            g = torch.zeros_like(p) if g is None else g.detach()
+            total[name] = g if name not in total else total[name] + g
+        return detached
 
     def discriminator_features(self, x: Tensor) -> Tensor:
         """``f`` of feature matching: the MAML backbone's ``features`` (its logits if it has none) at the
