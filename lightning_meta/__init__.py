@@ -18,7 +18,7 @@ from typing import Any
 
 _ORIGIN: dict[str, str] = {
     **dict.fromkeys(
-        ["ANIL", "MAML", "Baseline", "BaselinePlusPlus", "DomainAdversarial", "FineTuningBaseline", "HyperparameterLearner",
+        ["ANIL", "MAML", "Baseline", "BaselinePlusPlus", "DomainAdversarial", "FIGR", "FineTuningBaseline", "HyperparameterLearner",
          "IMAML", "Learner", "MAMLPolicyGradient", "MANN", "MatchingNetwork", "MetaGAN", "MetaLearner", "MetaLearnerLSTM", "MetaSGD",
          "MetricLearner", "PrototypicalNetwork", "RelationNetwork", "Reptile", "RL2", "SequenceLearner", "SiameseNetwork", "SNAIL"],
         "lightning_meta.algorithms",
@@ -64,6 +64,7 @@ __all__ = [
     "EnvTaskBatch",
     "EnvTaskDataModule",
     "EpisodicDataModule",
+    "FIGR",
     "FC100DataModule",
     "FineTuningBaseline",
     "FungiDataModule",

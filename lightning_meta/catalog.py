@@ -67,6 +67,8 @@ ALGORITHMS: tuple[Entry, ...] = (
           "learns inner rates, momenta or example weights by hypergradients (Maclaurin et al. 2015)"),
     Entry("MetaGAN", "lightning_meta.MetaGAN",
           "a task-conditioned generator adds a fake class to a few-shot classifier (Zhang et al. 2018)"),
+    Entry("FIGR", "lightning_meta.FIGR",
+          "few-shot image generation: a WGAN-GP meta-trained with Reptile (Clouatre & Demers 2019)"),
     Entry("RL2", "lightning_meta.RL2", "a recurrent policy that learns within a trial, trained with PPO (Duan et al. 2016)"),
 )
 

@@ -183,7 +183,7 @@ def test_config_fits_end_to_end_and_predict_writes_pngs(tmp_path, hanzi):
     assert len(grids) == 5                                   # a grid per test class: support, generated, real
     support = glyph_folder(tmp_path / "support", hanzi)
     run = ok(cli("predict", "--config", CONFIG, "--ckpt_path", last, "--data.init_args.support_dir", support,
-                 "--data.init_args.query_dir", support / "char250", cwd=tmp_path))
+                 cwd=tmp_path))                          # a support folder alone, as the README types it
     written = sorted((tmp_path / "runs").rglob("generated/*/*.png"))
     assert [p.relative_to(p.parent.parent).as_posix() for p in written] == [
         f"char{c}/{i:03d}.png" for c in (250, 251) for i in range(3)]

@@ -3,6 +3,7 @@
 from lightning_meta.algorithms.anil import ANIL
 from lightning_meta.algorithms.base import MetaLearner
 from lightning_meta.algorithms.domain_adversarial import DomainAdversarial
+from lightning_meta.algorithms.figr import FIGR
 from lightning_meta.algorithms.finetune import Baseline, BaselinePlusPlus, FineTuningBaseline
 from lightning_meta.algorithms.hyper_learner import HyperparameterLearner
 from lightning_meta.algorithms.imaml import IMAML
@@ -23,6 +24,6 @@ from lightning_meta.algorithms.sequence import SequenceLearner
 from lightning_meta.algorithms.siamese import SiameseNetwork
 from lightning_meta.algorithms.snail import SNAIL
 
-__all__ = ["ANIL", "Baseline", "BaselinePlusPlus", "DomainAdversarial", "FineTuningBaseline", "HyperparameterLearner", "IMAML", "Learner",
+__all__ = ["ANIL", "Baseline", "BaselinePlusPlus", "DomainAdversarial", "FIGR", "FineTuningBaseline", "HyperparameterLearner", "IMAML", "Learner",
            "MAML", "MAMLPolicyGradient", "MANN", "MatchingNetwork", "MetaGAN", "MetaLearner", "MetaLearnerLSTM", "MetaSGD",
            "MetricLearner", "PrototypicalNetwork", "RelationNetwork", "Reptile", "RL2", "SequenceLearner", "SiameseNetwork", "SNAIL"]

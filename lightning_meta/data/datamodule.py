@@ -257,10 +257,11 @@ class EpisodicDataModule(TaskDataModule):
             " MiniImageNet)")
 
     def prediction_set(self) -> PredictionSet:
-        """The task to predict from ``support_dir`` and ``query_dir``, checked and decoded once."""
+        """The task to predict from ``support_dir`` and ``query_dir``, checked and decoded once (``queries: 0``,
+        as generators are configured: the support folder alone, ``query_dir`` optional)."""
         if self._prediction is None:
             self._prediction = read_prediction_set(self.support_dir, self.query_dir, self.preprocessing(),
-                                                   type(self).__name__)
+                                                   type(self).__name__, needs_queries=self.queries > 0)
         return self._prediction
 
     def predict_dataloader(self) -> DataLoader:

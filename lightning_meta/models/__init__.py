@@ -4,6 +4,7 @@ policies of the meta-RL learners."""
 
 from lightning_meta.models.backbone import Backbone, build_module, module_spec
 from lightning_meta.models.conv4 import Conv4
+from lightning_meta.models.figr_nets import DCGANDiscriminator, DCGANGenerator
 from lightning_meta.models.generator import TaskConditionedGenerator
 from lightning_meta.models.gradient_reversal import GradientReversal
 from lightning_meta.models.memory import LRUAMemory
@@ -16,6 +17,6 @@ from lightning_meta.models.resnet18 import ResNet18
 from lightning_meta.models.snail import SnailSequenceModel
 from lightning_meta.models.wrn import WideResNet
 
-__all__ = ["Backbone", "CategoricalMLPPolicy", "Conv4", "CoordinateMetaLSTM", "GaussianMLPPolicy", "GRUPolicy",
+__all__ = ["Backbone", "CategoricalMLPPolicy", "Conv4", "CoordinateMetaLSTM", "DCGANDiscriminator", "DCGANGenerator", "GaussianMLPPolicy", "GRUPolicy",
            "GradientReversal", "LRUAMemory", "MLP", "RelationEmbedding", "RelationModule", "ResNet12", "ResNet18",
            "SnailSequenceModel", "TaskConditionedGenerator", "WideResNet", "build_module", "module_spec"]
