@@ -361,9 +361,11 @@ class MetaGAN(MetaLearner):
         groups = self.parameter_names()
         losses, predictions, accuracies = [], [], []
         d_grads: dict[str, Tensor] = {}
+        # each task's fakes are drawn once, with the generator's graph: constants for the discriminator (detached),
+        # and the same images for the generator's step, which the discriminator's update does not change
+        drawn = [self.fakes(task.support_x, task.support_y, noises[i]) for i, task in enumerate(tasks)]
         for i, task in enumerate(tasks):  # the discriminator: fakes are constants
-            with torch.no_grad():
-                fakes = self.fakes(task.support_x, task.support_y, noises[i])
+            fakes = tuple(t.detach() for t in drawn[i])
             loss, outputs, accuracy = self.discriminator_objective(params, *task, fakes)
             losses.append(self.task_gradients(loss, params, groups["discriminator"], d_grads, count))
             predictions.append(outputs.detach())
@@ -374,7 +376,7 @@ class MetaGAN(MetaLearner):
         with self.toggled_optimizer(self.optimizer("generator")):  # no gradient into the discriminator
             g_params = {name: p for name, p in self.named_parameters() if name in groups["generator"]}
             for i, task in enumerate(tasks):
-                fake_support, _, fake_query = self.fakes(task.support_x, task.support_y, noises[i])
+                fake_support, _, fake_query = drawn[i]
                 g_loss = self.generator_objective(torch.cat([task.support_x, task.query_x]),
                                                   torch.cat([fake_support, fake_query]))
                 g_losses.append(self.task_gradients(g_loss, g_params, groups["generator"], g_grads, count))
