@@ -418,7 +418,13 @@ class MetaGAN(MetaLearner):
         return (backbone.features(x) if hasattr(backbone, "features") else backbone(x)).flatten(1)
 
     def generator_objective(self, real: Tensor, fakes: Tensor) -> Tensor:
-        """Feature matching of one task's fakes to its real images (support and queries)."""
+        """Feature matching of one task's fakes to its real images (support and queries).
+
+        The real features are computed again here, not reused from the discriminator's step: Salimans et al.'s
+        feature matching takes ``f`` of real data with the discriminator being trained against, i.e. after its
+        update (their code evaluates a real minibatch in the generator's step), and here real and fake images share
+        one BatchNorm batch, so the real rows depend on the fakes' statistics too.  The discriminator step's
+        features (weights before the update, inner-loop weights for MAML) would be a different loss."""
         with discarded_running_stats(self.learner):  # one pass, as the discriminator saw them; statistics unmoved
             features = self.discriminator_features(torch.cat([real, fakes]))
         return feature_matching_loss(features[: len(real)].detach(), features[len(real):])
