@@ -24,6 +24,7 @@ from toy_learners import RandomImages
 import lightning_meta
 from lightning_meta import (
     ANIL,
+    FIGR,
     IMAML,
     MAML,
     MANN,
@@ -40,6 +41,7 @@ from lightning_meta import (
     HyperparameterLearner,
     MAMLPolicyGradient,
     MatchingNetwork,
+    MetaGAN,
     MetaLearnerLSTM,
     MetaSGD,
     PrototypicalNetwork,
@@ -49,10 +51,19 @@ from lightning_meta import (
     SinusoidDataModule,
 )
 from lightning_meta.algorithms.learner import Learner
+from lightning_meta.callbacks import GeneratedPNG
 from lightning_meta.tasks import EnvTaskBatch
 from lightning_meta.envs import Navigation2D, TabularMDPs
 from lightning_meta.envs.family import TaskFamily
-from lightning_meta.models import MLP, Conv4, GaussianMLPPolicy, GRUPolicy
+from lightning_meta.models import (
+    MLP,
+    Conv4,
+    DCGANDiscriminator,
+    DCGANGenerator,
+    GaussianMLPPolicy,
+    GRUPolicy,
+    TaskConditionedGenerator,
+)
 from lightning_meta.models.relation import RelationEmbedding
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -95,6 +106,12 @@ def hyper_learner() -> HyperparameterLearner:
     return learner
 
 
+def generator_episodes() -> RandomImages:
+    """One class of 4 images per training task (FIGR), 2-way evaluation episodes with 2 real queries a class."""
+    return RandomImages(ways=1, shots=4, queries=0, test_ways=2, test_shots=2, test_queries=2, meta_batch_size=2,
+                        episodes_per_epoch=4, val_episodes=4, test_episodes=4)
+
+
 def conv(out: Any = 3, **kwargs: Any) -> Conv4:
     return Conv4(1, out, hidden_channels=4, image_size=8, **kwargs)
 
@@ -132,6 +149,14 @@ CASES: dict[str, Case] = {
     "MAMLPolicyGradient": Case(lambda: MAMLPolicyGradient(GaussianMLPPolicy(2, 2, hidden_sizes=(8,)), inner_lr=0.1),
                                lambda: environments(Navigation2D(horizon=5))),
     "HyperparameterLearner": Case(hyper_learner, digits),
+    "MetaGAN": Case(lambda: MetaGAN(PrototypicalNetwork(embedding()),
+                                    TaskConditionedGenerator(1, 8, noise_dim=4, hidden_channels=4, encoder_channels=4)),
+                    images),
+    "MetaGAN-maml": Case(lambda: MetaGAN(MAML(conv(), inner_lr=0.1),
+                                         TaskConditionedGenerator(1, 8, noise_dim=4, hidden_channels=4,
+                                                                  encoder_channels=4)), images),
+    "FIGR": Case(lambda: FIGR(DCGANGenerator(4, 1, 8, 2, 1), DCGANDiscriminator(1, 8, 2, 1), inner_steps=2,
+                              samples_per_class=2), generator_episodes),
     "RL2": Case(lambda: RL2(GRUPolicy(3, num_actions=2, hidden_size=8), ppo_epochs=2, ppo_minibatches=2),
                 lambda: environments(TabularMDPs(states=3, actions=2, horizon=4), episodes_per_trial=2)),
 }
@@ -280,6 +305,9 @@ def test_evaluate_tasks_gives_one_value_per_task_and_the_selection_metric(traine
 
 def test_predict_task_gives_probabilities_or_predict_is_refused_in_one_line(trained):
     name, model, data, _ = trained
+    if not getattr(model, "needs_queries", True):  # a generator: predict writes generated images (tests/test_figr.py), no probabilities
+        assert model.predict_task is None and isinstance(model.prediction_writer(), GeneratedPNG)
+        return
     if model.prediction_writer() is None:
         with pytest.raises(ConfigurationError) as refusal:
             model.check_stage(data, "predict")

@@ -247,6 +247,8 @@ class MetaGAN(MetaLearner):
                                                        self.learner.embed(task.query_x))
                 values.append(log_z(self.class_logits(outputs)).mean())
             mean = self.all_reduce_mean(torch.stack(values).mean())
+            if not torch.isfinite(mean):  # a non-finite batch stops at the loss check with the weights unchanged
+                return
             self.fake_offset.fill_(-float(mean))
         self.offset_initialised.fill_(True)
 
