@@ -97,6 +97,35 @@ def test_discriminator_loss_is_the_learners_loss_plus_the_real_fake_loss():
     assert len(fake) == 3 * (1 + 3)  # 1 support fake and 3 query fakes per class, all scored
 
 
+def test_feature_matching_reals_are_the_support_set_and_matching_queries_per_class():
+    support_x, support_y = torch.arange(3.0).view(3, 1, 1, 1), torch.tensor([0, 1, 2])
+    query_y = torch.tensor([2, 0, 1, 0, 2, 1, 1, 0, 2, 0, 1, 2])  # 4 queries per class, shuffled
+    query_x = 10 + torch.arange(12.0).view(12, 1, 1, 1)
+    def reals(**kwargs):
+        return MetaGAN(maml(), generator(), **kwargs).matching_reals(support_x, query_x, query_y).flatten().tolist()
+    # default: query_fakes (3) queries per class, classes in order, after the support set
+    assert reals() == [0, 1, 2, 11, 13, 17, 12, 15, 16, 10, 14, 18]
+    assert reals(matching_queries=1) == [0, 1, 2, 11, 12, 10]
+    assert reals(matching_queries=0) == [0, 1, 2]
+    assert reals(query_fakes=1) == [0, 1, 2, 11, 12, 10]
+    assert reals(matching_queries=4) == [0, 1, 2, *range(10, 22)]  # every query: the whole task
+
+
+def test_the_generator_step_matches_features_of_its_real_minibatch():
+    """The generator's gradient is that of feature matching against ``matching_reals``: equal to a hand-built
+    loss on those rows, and different from matching against the whole task."""
+    task = random_classification_batch(1, 3, 1, 4, (1, 8, 8), seed=3)[0]
+    model = MetaGAN(maml(), generator(), matching_queries=1).double()
+    fakes = torch.rand(12, 1, 8, 8, dtype=torch.float64, requires_grad=True)
+    support_x, query_x = task.support_x.double(), task.query_x.double()
+    def gradient(real):
+        return torch.autograd.grad(model.generator_objective(real, fakes), fakes)[0]
+    chosen = model.matching_reals(support_x, query_x, task.query_y)
+    rows = [int((task.query_y == c).nonzero()[0]) for c in range(3)]
+    torch.testing.assert_close(gradient(chosen), gradient(torch.cat([support_x, query_x[rows]])))
+    assert (gradient(chosen) - gradient(torch.cat([support_x, query_x]))).abs().max() > 1e-6
+
+
 # ---------------------------------------------------------------------------------------- the generator
 def test_two_episodes_give_different_samples_from_the_same_noise():
     g = generator()
@@ -198,6 +227,18 @@ def test_other_bad_arguments_are_refused_in_one_line():
         MetaGAN(maml(), generator(), support_fakes=0, query_fakes=0)
     with pytest.raises(ConfigurationError, match=r"multi_step_loss"):
         MetaGAN(maml(multi_step_loss=True), generator())
+    with pytest.raises(ConfigurationError, match=r"model\.init_args\.matching_queries"):
+        MetaGAN(maml(), generator(), matching_queries=-1)
+
+
+def test_more_matching_queries_than_the_episodes_serve_are_refused_before_training():
+    model = MetaGAN(maml(), TaskConditionedGenerator(1, 28, noise_dim=4, hidden_channels=4, encoder_channels=4),
+                    matching_queries=3)
+    data = NpzDataModule("hanzi", ways=3, shots=1, queries=2, meta_batch_size=1, episodes_per_epoch=2)
+    data.setup("fit")
+    with pytest.raises(ConfigurationError, match=r"model\.init_args\.matching_queries=3 .* at most 2") as error:
+        model.check_data(data, "train")
+    assert "\n" not in str(error.value)
 
 
 def test_relation_network_is_adapted_with_log_relation_scores():

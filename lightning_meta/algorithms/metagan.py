@@ -19,7 +19,12 @@ Losses (the paper's Sec. 3 as we read it, in Salimans et al.'s semi-supervised f
   ``L_real/fake = -mean_real log p(real | x) - mean_fake log p(fake | G(z, T))``;
 * generator, per task: feature matching, ``|| mean_real f(x) - mean_fake f(G(z, T)) ||^2`` with ``f`` the
   discriminator's features (the backbone's ``features`` for MAML, the embedding for metric learners), in
-  place of ``-log p(real | G(z, T))``, as the paper does following Salimans et al.
+  place of ``-log p(real | G(z, T))``, as the paper does following Salimans et al.  The real minibatch is the
+  task's support set and ``matching_queries`` queries per class (default: as many as ``query_fakes``), so a
+  1-shot task matches as many real as fake images per class.  Salimans et al.'s code also feeds the
+  generator's step a real minibatch of its own (a second permutation of the unlabelled data), not the one the
+  discriminator saw; here the smaller batch keeps the generator's step at 40% of the discriminator's work
+  (benchmarks/README.md: MetaGAN step).  ``matching_queries`` equal to the queries uses the whole task.
 
 The paper's full method section could not be read here (only its abstract was reachable); the forms above
 are Salimans et al.'s, which MetaGAN states it follows.  The paper's tables were not checked either: no
@@ -136,6 +141,9 @@ class MetaGAN(MetaLearner):
             Measured once (hanzi 5-way 1-shot, ProtoNet Conv4-32, 100 batches of 2 episodes, 200 test episodes): it
             hurts, 0.5395 against 0.8015 without it and 0.8324 for plain ProtoNet (real/fake accuracy 0.39: the
             query fakes sit near prototypes built partly from fakes).
+        matching_queries: real queries per class in the generator's feature-matching batch, beside the whole
+            support set; ``None``: ``query_fakes`` of them (at most the episode's queries).  A number above the
+            queries the data serve is refused before training.
         noise_seed: seed of the per-episode noise.
         Remaining arguments (``outer_lr``: the discriminator's Adam rate, ``gradient_clip_val``,
         ``accumulate_grad_batches``): see :class:`~lightning_meta.algorithms.learner.Learner`.
@@ -172,6 +180,7 @@ class MetaGAN(MetaLearner):
         generator_lr: Optional[float] = None,
         offset_lr: float = 0.1,
         augment_support: bool = False,
+        matching_queries: Optional[int] = None,
         noise_seed: int = 0,
         **kwargs: Any,
     ):
@@ -184,6 +193,8 @@ class MetaGAN(MetaLearner):
         if generator_lr is not None:
             require_positive(MODEL_ARGS + "generator_lr", generator_lr, integer=False)
         require_positive(MODEL_ARGS + "offset_lr", offset_lr, integer=False)
+        if matching_queries is not None:
+            require_positive(MODEL_ARGS + "matching_queries", matching_queries, allow_zero=True)
         if self.family == "maml" and getattr(learner, "multi_step_loss", False):
             raise ConfigurationError(f"{MODEL_ARGS}learner.init_args.multi_step_loss=true: MetaGAN scores the adapted"
                                      " weights only; set it to false")
@@ -201,6 +212,7 @@ class MetaGAN(MetaLearner):
         self.generator_lr = generator_lr
         self.offset_lr = float(offset_lr)
         self.augment_support = augment_support
+        self.matching_queries = matching_queries
         self.noise_seed = noise_seed
         # the fake class's logit offset; only with a generator (a parameter no loss reaches would stall DDP)
         self.fake_offset = nn.Parameter(torch.zeros(())) if self.generator is not None else None
@@ -379,7 +391,7 @@ class MetaGAN(MetaLearner):
             g_params = {name: p for name, p in self.named_parameters() if name in groups["generator"]}
             for i, task in enumerate(tasks):
                 fake_support, _, fake_query = drawn[i]
-                g_loss = self.generator_objective(torch.cat([task.support_x, task.query_x]),
+                g_loss = self.generator_objective(self.matching_reals(task.support_x, task.query_x, task.query_y),
                                                   torch.cat([fake_support, fake_query]))
                 g_losses.append(self.task_gradients(g_loss, g_params, groups["generator"], g_grads, count))
             self.outer_step(grads=self.all_reduce_mean(g_grads), all_reduced=True, optimizer="generator")
@@ -411,6 +423,16 @@ class MetaGAN(MetaLearner):
             total[name] = g if name not in total else total[name] + g
         return detached
 
+    def matching_reals(self, support_x: Tensor, query_x: Tensor, query_y: Tensor) -> Tensor:
+        """The real minibatch of feature matching: the support set, then the first ``matching_queries`` queries
+        of each class (``query_fakes`` if unset), classes in order."""
+        per_class = self.query_fakes if self.matching_queries is None else self.matching_queries
+        ways = int(query_y.max()) + 1
+        if per_class * ways >= len(query_x):
+            return torch.cat([support_x, query_x])
+        rows = torch.cat([(query_y == c).nonzero().flatten()[:per_class] for c in range(ways)])
+        return torch.cat([support_x, query_x[rows]])
+
     def discriminator_features(self, x: Tensor) -> Tensor:
         """``f`` of feature matching: the MAML backbone's ``features`` (its logits if it has none) at the
         meta-parameters, or the metric learner's embedding."""
@@ -420,7 +442,7 @@ class MetaGAN(MetaLearner):
         return (backbone.features(x) if hasattr(backbone, "features") else backbone(x)).flatten(1)
 
     def generator_objective(self, real: Tensor, fakes: Tensor) -> Tensor:
-        """Feature matching of one task's fakes to its real images (support and queries).
+        """Feature matching of one task's fakes to its real minibatch (:meth:`matching_reals`).
 
         The real features are computed again here, not reused from the discriminator's step: Salimans et al.'s
         feature matching takes ``f`` of real data with the discriminator being trained against, i.e. after its
@@ -498,6 +520,10 @@ class MetaGAN(MetaLearner):
             raise ConfigurationError(
                 "MetaGAN adds a fake class to the learner's class logits, but the data are regression targets: use a"
                 " data module of classes (model.init_args.learner outputs no logits here)")
+        if split == "train" and self.matching_queries is not None and self.matching_queries > queries:
+            raise ConfigurationError(
+                f"{MODEL_ARGS}matching_queries={self.matching_queries} but the training episodes have {queries} queries"
+                f" per class: give at most {queries} (data.init_args.queries)")
         if self.generator is not None and tuple(task.support_x.shape[1:]) != tuple(self.generator.image_shape):
             raise ConfigurationError(
                 f"the data's images are {list(task.support_x.shape[1:])} but the generator draws "
