@@ -12,7 +12,8 @@ import pytorch_lightning as pl
 import torch
 from PIL import Image
 
-from lightning_meta.algorithms.figr import FIGR, from_gan, gradient_penalty, to_gan
+from lightning_meta.algorithms.figr import FIGR, NOISE_SEED, from_gan, gradient_penalty, to_gan
+from lightning_meta.data.episodes import episode_generator
 from lightning_meta.data.npz import NpzDataModule
 from lightning_meta.data.prediction import read_prediction_set, read_support_set
 from lightning_meta.errors import ConfigurationError
@@ -34,21 +35,21 @@ def tiny_npz(path: Path) -> Path:
 
 
 class Capture(pl.Callback):
-    """The first training batch and the global RNG state the step starts from."""
+    """The first training batch."""
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if batch_idx == 0:
-            self.batch, self.rng = batch, torch.get_rng_state()
+            self.batch = batch
 
 
-def hand_adaptation(generator, critic, real, steps, lr, penalty=10.0):
+def hand_adaptation(generator, critic, real, steps, lr, noise, penalty=10.0):
     """The authors' inner loop with torch.optim.SGD on copies: a critic step (WGAN-GP, per-image norm), a
-    generator step, noise drawn from the global RNG in FIGR's order."""
+    generator step, noise drawn from the torch.Generator ``noise`` in FIGR's order."""
     generator, critic = copy.deepcopy(generator), copy.deepcopy(critic)
     opt_g, opt_d = torch.optim.SGD(generator.parameters(), lr), torch.optim.SGD(critic.parameters(), lr)
     n = len(real)
     for _ in range(steps):
-        z, epsilon = torch.randn(n, 4), torch.rand(n)
+        z, epsilon = torch.randn(n, 4, generator=noise), torch.rand(n, generator=noise)
         fake = generator(z).detach()
         scores = critic(torch.cat([real, fake])).flatten()
         mix = (epsilon.view(-1, 1, 1, 1) * real + (1 - epsilon.view(-1, 1, 1, 1)) * fake).requires_grad_()
@@ -57,7 +58,7 @@ def hand_adaptation(generator, critic, real, steps, lr, penalty=10.0):
         opt_d.zero_grad()
         loss.backward()
         opt_d.step()
-        z = torch.randn(n, 4)
+        z = torch.randn(n, 4, generator=noise)
         loss = -critic(generator(z)).mean()
         opt_g.zero_grad()
         loss.backward()
@@ -75,9 +76,10 @@ def test_reptile_update_of_both_networks_equals_a_hand_written_one(tmp_path):
     pl.Trainer(max_steps=2, limit_val_batches=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                enable_model_summary=False, inference_mode=False, callbacks=[capture]).fit(model, data)
     assert model.optimizer_steps == [1, 1]                   # one step of each network's optimizer
-    torch.set_rng_state(capture.rng)
     real = to_gan(capture.batch.support_x[0])
-    generator, critic = hand_adaptation(before.generator, before.discriminator, real, 3, 0.05)
+    # the noise of training episode e in epoch 0: its own generator, whatever the global RNG or the process count
+    noise = episode_generator(NOISE_SEED, "train", int(capture.batch.index[0]), 0)
+    generator, critic = hand_adaptation(before.generator, before.discriminator, real, 3, 0.05, noise)
     for theta, phi, after in ((before.generator, generator, model.generator),
                               (before.discriminator, critic, model.discriminator)):
         for (name, p), q, r in zip(theta.named_parameters(), phi.parameters(), after.parameters()):

@@ -19,6 +19,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 from meta_helpers import quiet_trainer
+from pytorch_lightning.callbacks import ModelCheckpoint
 from toy_learners import RandomImages
 
 import lightning_meta
@@ -132,6 +133,8 @@ CASES: dict[str, Case] = {
     "MetaSGD": Case(lambda: MetaSGD(conv(), inner_lr=0.1), images),
     "IMAML": Case(lambda: IMAML(conv(), inner_lr=0.1, inner_steps=2, cg_steps=2), images),
     "Reptile": Case(lambda: Reptile(conv(), inner_lr=0.01, inner_steps=2, inner_batch_size=2), images),
+    "Reptile-annealed": Case(lambda: Reptile(conv(), inner_lr=0.01, inner_steps=2, inner_batch_size=2,
+                                             outer_lr_final=0.0), images),
     "MetaLearnerLSTM": Case(lambda: MetaLearnerLSTM(conv(), inner_steps=2), images),
     "PrototypicalNetwork": Case(lambda: PrototypicalNetwork(embedding()), images),
     "MatchingNetwork": Case(lambda: MatchingNetwork(embedding()), images),
@@ -336,6 +339,41 @@ def test_a_non_finite_loss_stops_before_the_optimizer_step(name):
     for key, value in model.named_parameters():
         assert torch.equal(value, before[key]), f"{name}: {key} changed"
     assert trainer.global_step == 0 and model.optimizer_steps == [0] * len(model.optimizer_steps)
+
+
+class BatchCounter(pl.Callback):
+    batches = 0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.batches += 1
+
+
+@pytest.mark.filterwarnings("ignore:The dirpath has changed")
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_resuming_from_a_mid_epoch_checkpoint_equals_the_uninterrupted_run(name, tmp_path):
+    """Two epochs in one go, and the same two epochs resumed from the checkpoint ``ModelCheckpoint`` wrote after
+    the third batch (mid-epoch for 2 batches per epoch): the same weights, buffers and optimizer steps, bit for bit.
+    Every learner's own randomness (noise, rollouts, inner batches) must come from the batch or the checkpoint."""
+    def run(folder: str, ckpt_path: Any = None) -> tuple[Learner, pl.Trainer]:
+        pl.seed_everything(0)
+        model, data = CASES[name].model(), CASES[name].data()
+        saver = ModelCheckpoint(dirpath=tmp_path / folder, every_n_train_steps=1, save_top_k=-1, filename="{step}")
+        trainer = quiet_trainer(max_epochs=2, limit_val_batches=0, callbacks=[saver, counter], enable_checkpointing=True)
+        torch.manual_seed(1234)  # a resumed run must take its random state from the checkpoint
+        trainer.fit(model, data, ckpt_path=ckpt_path)
+        return model, trainer
+
+    counter = BatchCounter()
+    uninterrupted, trainer = run("a")
+    batches, counter.batches = counter.batches, 0
+    saved = sorted((tmp_path / "a").glob("step=*.ckpt"), key=lambda p: int(p.stem.split("=")[1]))
+    assert len(saved) == batches >= 4, [p.name for p in saved]
+    resumed, resumed_trainer = run("b", saved[2])
+    assert counter.batches == batches - 3  # it went on from the checkpoint, not from the start
+    assert resumed_trainer.global_step == trainer.global_step
+    assert resumed.optimizer_steps == uninterrupted.optimizer_steps
+    for key, value in uninterrupted.state_dict().items():
+        assert torch.equal(resumed.state_dict()[key], value), f"{name}: {key}"
 
 
 # ---------------------------------------------------------------------- checkpoints from before the root class

@@ -211,14 +211,27 @@ class DomainAdversarial(Learner):
         outer step with ``p`` = :meth:`progress` then (the fraction trained before the next step)."""
         if not self.lr_annealing:
             return None
-        if self.schedule_steps is None and not math.isfinite(self.trainer.estimated_stepping_batches):
-            raise ConfigurationError(
-                "lr_annealing needs the length of training: set trainer.max_steps or trainer.max_epochs, or"
-                f" {MODEL_ARGS}schedule_steps (or {MODEL_ARGS}lr_annealing: false)")
         alpha, beta = self.lr_alpha, self.lr_beta
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda _: dann_learning_rate_factor(self.progress(), alpha, beta))
         return {"scheduler": scheduler, "interval": "step"}
+
+    def on_train_start(self) -> None:
+        """Refuse a run without an end when a schedule spans it, before the first batch.  (Checked here, where
+        the Trainer knows its batches, not in ``configure_optimizers``: asking ``trainer.estimated_stepping_batches``
+        there builds the training loader before a checkpoint's loader state is restored, and a resumed run would
+        start its data from the beginning.)"""
+        super().on_train_start()
+        if self.schedule_steps is not None or math.isfinite(self.planned_batches()):
+            return
+        if self.lr_annealing:
+            raise ConfigurationError(
+                "lr_annealing needs the length of training: set trainer.max_steps or trainer.max_epochs, or"
+                f" {MODEL_ARGS}schedule_steps (or {MODEL_ARGS}lr_annealing: false)")
+        if self.lambda_schedule != "constant" and not self.source_only:
+            raise ConfigurationError(
+                "the lambda schedule needs the length of training: set trainer.max_steps or trainer.max_epochs, or"
+                f" {MODEL_ARGS}schedule_steps")
 
     # ------------------------------------------------------------------ training
     def losses(self, x: Tensor, y: Tensor, domain: Tensor, lambda_: float) -> dict[str, Tensor]:

@@ -284,12 +284,15 @@ class FIGR(MetaLearner):
     def resolve_selection(self, datamodule: Any) -> tuple[str, str]:
         return self.selection_metric, self.selection_mode
 
-    def class_tasks(self, batch: TaskBatch) -> list[Tensor]:
-        """The support images of every class of every episode of ``batch``: FIGR's tasks."""
+    def class_tasks(self, batch: TaskBatch) -> list[tuple[Tensor, torch.Generator]]:
+        """The support images of every class of every episode of ``batch`` (FIGR's tasks), each with the
+        generator of its noise: one per episode, seeded by ``(episode, epoch)`` and drawn class after class, so a
+        resumed run and every process count draw what one uninterrupted process draws."""
         tasks = []
-        for task in batch:
+        for task, address in zip(batch, episode_addresses(batch, self.global_step * batch.num_tasks)):
+            generator = episode_generator(NOISE_SEED, "train", address, self.current_epoch)
             for c in range(batch.ways):
-                tasks.append(task.support_x[task.support_y == c])
+                tasks.append((task.support_x[task.support_y == c], generator))
         return tasks
 
     def training_step(self, batch: TaskBatch, batch_idx: int) -> Tensor:
@@ -297,9 +300,9 @@ class FIGR(MetaLearner):
         theta = dict(self.named_parameters())
         tasks = self.class_tasks(batch)
         d_losses, g_losses = [], []
-        for i, images in enumerate(tasks):
+        for i, (images, generator) in enumerate(tasks):
             g_phi, d_phi, d_loss, g_loss = self.adapt(sub_params(theta, "generator"), sub_params(theta, "discriminator"),
-                                                      to_gan(images), self.inner_steps)
+                                                      to_gan(images), self.inner_steps, generator)
             phi = {**{f"generator.{k}": v for k, v in g_phi.items()},
                    **{f"discriminator.{k}": v for k, v in d_phi.items()}}
             self.backpropagate(interpolation_loss(theta, phi), scale=1 / len(tasks),

@@ -291,16 +291,25 @@ class Reptile(MetaLearner):
         """Epsilon annealed linearly to ``outer_lr_final`` over the run's outer steps, if set."""
         if self.outer_lr_final is None:
             return None
-        total = self.trainer.estimated_stepping_batches
-        if not math.isfinite(total):
+        end = self.outer_lr_final / self.outer_lr
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: 1.0 + (end - 1.0) * min(step / self.outer_steps_planned(), 1.0))
+        return {"scheduler": schedule, "interval": "step"}
+
+    def outer_steps_planned(self) -> float:
+        """The run's outer steps (``inf`` until the Trainer knows its batches).  Read when the schedule steps, not
+        when it is made: ``trainer.estimated_stepping_batches`` in ``configure_optimizers`` would build the training
+        loader before a checkpoint's loader state is restored, and a resumed run would restart its data."""
+        planned = self.planned_batches()
+        return max(1, math.ceil(planned / self.accumulate_grad_batches)) if math.isfinite(planned) else math.inf
+
+    def on_train_start(self) -> None:
+        """Refuse an annealed epsilon over a run without an end, before the first batch."""
+        super().on_train_start()
+        if self.outer_lr_final is not None and not math.isfinite(self.planned_batches()):
             raise ConfigurationError(
                 f"{MODEL_ARGS}outer_lr_final anneals epsilon over the whole run, which has no end: set "
                 "trainer.max_steps or trainer.max_epochs")
-        steps = max(1, math.ceil(total / self.accumulate_grad_batches))
-        schedule = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1.0,
-                                                     end_factor=self.outer_lr_final / self.outer_lr,
-                                                     total_iters=steps)
-        return {"scheduler": schedule, "interval": "step"}
 
     def log_results(self, stage: str) -> dict[str, tuple[float, float]]:
         summary = super().log_results(stage)
