@@ -98,7 +98,7 @@ def test_discriminator_loss_is_the_learners_loss_plus_the_real_fake_loss():
 
 
 def test_feature_matching_reals_are_the_support_set_and_matching_queries_per_class():
-    support_x, support_y = torch.arange(3.0).view(3, 1, 1, 1), torch.tensor([0, 1, 2])
+    support_x = torch.arange(3.0).view(3, 1, 1, 1)
     query_y = torch.tensor([2, 0, 1, 0, 2, 1, 1, 0, 2, 0, 1, 2])  # 4 queries per class, shuffled
     query_x = 10 + torch.arange(12.0).view(12, 1, 1, 1)
     def reals(**kwargs):
