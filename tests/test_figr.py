@@ -19,6 +19,7 @@ from lightning_meta.data.prediction import read_prediction_set, read_support_set
 from lightning_meta.errors import ConfigurationError
 from lightning_meta.models.figr_nets import DCGANDiscriminator, DCGANGenerator
 from cli_helpers import CONFIGS, cli, last_line, ok
+from generative_ddp_check import one_and_two_processes
 
 CONFIG = CONFIGS / "figr_glyphs.yaml"
 
@@ -89,6 +90,17 @@ def test_reptile_update_of_both_networks_equals_a_hand_written_one(tmp_path):
     optimizers = tiny_figr().configure_optimizers()
     assert [type(o["optimizer"]) for o in optimizers] == [torch.optim.Adam] * 2   # the default: Adam 1e-4 each
     assert all(o["optimizer"].defaults["lr"] == 1e-4 for o in optimizers)
+
+
+def test_two_processes_match_one(tmp_path):
+    """DDP: 4 one-class tasks per batch, 2 per process; the episodes' noise is addressed by episode."""
+    single, double = one_and_two_processes("figr", tmp_path)
+    assert single["steps"] == double["steps"] == [3, 3]
+    for network in ("generator.", "discriminator."):  # (the critic's output bias has no gradient in WGAN-GP)
+        assert any(not torch.equal(v, single["initial"][k]) for k, v in single["params"].items()
+                   if k.startswith(network)), network
+    for name, value in single["params"].items():
+        torch.testing.assert_close(double["params"][name], value, rtol=1e-5, atol=1e-6, msg=name)
 
 
 def test_gradient_penalty_equals_a_hand_computation():

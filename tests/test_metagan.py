@@ -4,9 +4,6 @@ and the configs through the CLI."""
 from __future__ import annotations
 
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +11,7 @@ import torch
 
 from cli_helpers import CONFIGS, cli, ok, the_run, weights
 from fixtures_images import make_omniglot
+from generative_ddp_check import one_and_two_processes
 from lightning_meta import MAML, PrototypicalNetwork
 from lightning_meta.algorithms.metagan import (
     MetaGAN,
@@ -181,16 +179,7 @@ def test_a_generator_trains_both_networks_with_two_optimizers():
 
 # ---------------------------------------------------------------------------------------- DDP
 def test_two_processes_match_one(tmp_path):
-    script = Path(__file__).with_name("metagan_ddp_check.py")
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    results = []
-    for devices in (1, 2):
-        out = tmp_path / f"{devices}.pt"
-        run = subprocess.run([sys.executable, str(script), str(out), str(devices)], capture_output=True, text=True,
-                             timeout=240, env=env)
-        assert run.returncode == 0, run.stderr[-3000:]
-        results.append(torch.load(out))
-    single, double = results
+    single, double = one_and_two_processes("metagan", tmp_path)
     assert single["steps"] == double["steps"] == [3, 3]
     for name, value in single["params"].items():
         assert not torch.equal(value, single["initial"][name]) or "offset_initialised" in name or "running" in name
