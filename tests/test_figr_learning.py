@@ -6,10 +6,12 @@ The judge is a frozen ProtoNet trained here on the meta-train classes (tests/tes
 ``train_judge``); the 60 held-out test classes are scored in 12 episodes of 5 classes x 4 supports x 16 real
 images, with the networks and inner loop of configs/figr_glyphs.yaml.
 
-Measured (one thread, loaded 2-core machine, 198 s wall in all; 300 iterations 155 s CPU, judge 7 s): adapted
-fidelity 0.373 +- 0.063, unadapted 0.200, paired gain +0.173 +- 0.047; support distance 1.65, diversity 1.26,
-KID 2.70 vs unadapted 3.49; jittered supports: fidelity 0.886, support distance 1.24; the judge's accuracy on the
-real held-out images 0.965.  (Raw-pixel judge, same run settings: 0.390 vs 0.200, +0.190 +- 0.059.)
+Measured 2026-12-05 (one thread, quiet 2-core machine, 191 s wall in all; 300 iterations 157 s CPU, judge 4 s), with
+the training noise drawn per episode (seeded by episode and epoch, so runs resume exactly): adapted fidelity 0.368
++- 0.070, unadapted 0.200, paired gain +0.168 +- 0.054; support distance 1.67, diversity 1.29, KID 2.75 vs
+unadapted 3.58; jittered supports: fidelity 0.886, support distance 1.24; the judge's accuracy on the real held-out
+images 0.965.  (Earlier, noise from the global RNG: +0.173 +- 0.047.  Raw-pixel judge: 0.390 vs 0.200, +0.190 +-
+0.059.)
 """
 
 from __future__ import annotations
