@@ -35,7 +35,7 @@ run: install
 	$(PY) -m lightning_meta fit --config $(CONFIG)
 
 test: install
-	$(PY) -m pytest -q -n auto --dist loadfile --no-loadscope-reorder tests
+	$(PY) -m pytest -q -n auto --dist loadfile tests
 
 bench: install
 	$(PY) -m benchmarks.run_all

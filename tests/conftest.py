@@ -54,15 +54,3 @@ def _no_shared_wandb_service():
     if wandb is not None and wandb.run is not None:
         wandb.finish()
     os.environ.pop("WANDB_SERVICE", None)
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Files holding ``slow`` learning tests run first, the rest after them in file order.
-
-    ``make test`` keeps each file on one xdist worker (``--dist loadfile``) and hands the files out in
-    collection order (``--no-loadscope-reorder``).  xdist's default order, most tests first, put the one- and
-    two-test learning files (1.5 to 3.5 minutes each) last, where one worker ran them while the other idled.
-    Starting them first lets the many short files fill in around them.
-    """
-    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: item.path not in slow_files)
