@@ -21,7 +21,6 @@ Reference:
 
 from __future__ import annotations
 
-import math
 from typing import Any, Literal, Optional, Sequence, Union
 
 import torch
@@ -187,12 +186,7 @@ class DomainAdversarial(Learner):
     def schedule_position(self) -> float:
         """The paper's ``p`` for the batch being trained: the fraction of the schedule trained before it
         (0 at the first batch), where :meth:`progress` counts the batch in progress."""
-        planned = self.planned_batches()
-        if not math.isfinite(planned):
-            raise ConfigurationError(
-                "the lambda schedule needs the length of training: set trainer.max_steps or trainer.max_epochs, or"
-                f" {MODEL_ARGS}schedule_steps")
-        return min((self.batches_trained - 1) / planned, 1.0)
+        return min((self.batches_trained - 1) / self.planned_batches(), 1.0)
 
     def current_lambda(self) -> float:
         """The reversal coefficient of this step (see ``lambda_schedule``)."""
@@ -217,21 +211,13 @@ class DomainAdversarial(Learner):
         return {"scheduler": scheduler, "interval": "step"}
 
     def on_train_start(self) -> None:
-        """Refuse a run without an end when a schedule spans it, before the first batch.  (Checked here, where
-        the Trainer knows its batches, not in ``configure_optimizers``: asking ``trainer.estimated_stepping_batches``
-        there builds the training loader before a checkpoint's loader state is restored, and a resumed run would
-        start its data from the beginning.)"""
+        """Refuse a schedule over a run without an end, before the first batch (:meth:`require_run_length`)."""
         super().on_train_start()
-        if self.schedule_steps is not None or math.isfinite(self.planned_batches()):
-            return
         if self.lr_annealing:
-            raise ConfigurationError(
-                "lr_annealing needs the length of training: set trainer.max_steps or trainer.max_epochs, or"
-                f" {MODEL_ARGS}schedule_steps (or {MODEL_ARGS}lr_annealing: false)")
+            self.require_run_length("lr_annealing",
+                                    f", or {MODEL_ARGS}schedule_steps (or {MODEL_ARGS}lr_annealing: false)")
         if self.lambda_schedule != "constant" and not self.source_only:
-            raise ConfigurationError(
-                "the lambda schedule needs the length of training: set trainer.max_steps or trainer.max_epochs, or"
-                f" {MODEL_ARGS}schedule_steps")
+            self.require_run_length("the lambda schedule", f", or {MODEL_ARGS}schedule_steps")
 
     # ------------------------------------------------------------------ training
     def losses(self, x: Tensor, y: Tensor, domain: Tensor, lambda_: float) -> dict[str, Tensor]:

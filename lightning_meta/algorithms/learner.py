@@ -402,6 +402,16 @@ class Learner(pl.LightningModule):
             limits.append(trainer.max_steps * self.accumulate_grad_batches / per_window)
         return min(limits) if limits else math.inf
 
+    def require_run_length(self, what: str, fix: str = "") -> None:
+        """Refuse a schedule (``what``) over a run without an end, naming the trainer fields and ``fix``.
+
+        Call it from ``on_train_start``, where the Trainer knows its batches: in ``configure_optimizers``,
+        ``trainer.estimated_stepping_batches`` would build the training loader before a checkpoint's loader
+        state is restored, and a resumed run would start its data from the beginning."""
+        if not math.isfinite(self.planned_batches()):
+            raise ConfigurationError(f"{what} needs the length of training: set trainer.max_steps or "
+                                     f"trainer.max_epochs{fix}")
+
     def progress(self) -> float:
         """The fraction of the run's training batches done, in ``[0, 1]`` (schedules read it).
 

@@ -297,19 +297,16 @@ class Reptile(MetaLearner):
         return {"scheduler": schedule, "interval": "step"}
 
     def outer_steps_planned(self) -> float:
-        """The run's outer steps (``inf`` until the Trainer knows its batches).  Read when the schedule steps, not
-        when it is made: ``trainer.estimated_stepping_batches`` in ``configure_optimizers`` would build the training
-        loader before a checkpoint's loader state is restored, and a resumed run would restart its data."""
+        """The run's outer steps (``inf`` until the Trainer knows its batches), read when the schedule steps, not
+        when ``configure_optimizers`` makes it (see :meth:`require_run_length`)."""
         planned = self.planned_batches()
         return max(1, math.ceil(planned / self.accumulate_grad_batches)) if math.isfinite(planned) else math.inf
 
     def on_train_start(self) -> None:
-        """Refuse an annealed epsilon over a run without an end, before the first batch."""
+        """Refuse an annealed epsilon over a run without an end, before the first batch (:meth:`require_run_length`)."""
         super().on_train_start()
-        if self.outer_lr_final is not None and not math.isfinite(self.planned_batches()):
-            raise ConfigurationError(
-                f"{MODEL_ARGS}outer_lr_final anneals epsilon over the whole run, which has no end: set "
-                "trainer.max_steps or trainer.max_epochs")
+        if self.outer_lr_final is not None:
+            self.require_run_length(f"{MODEL_ARGS}outer_lr_final (epsilon annealed over the whole run)")
 
     def log_results(self, stage: str) -> dict[str, tuple[float, float]]:
         summary = super().log_results(stage)
