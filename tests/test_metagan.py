@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cli_helpers import CONFIGS, cli, ok, the_run, weights
+from cli_helpers import CONFIGS, cli, last_line, ok, the_run, weights
 from fixtures_images import make_omniglot
 from generative_ddp_check import one_and_two_processes
 from lightning_meta import MAML, PrototypicalNetwork
@@ -228,6 +228,14 @@ def test_more_matching_queries_than_the_episodes_serve_are_refused_before_traini
     with pytest.raises(ConfigurationError, match=r"model\.init_args\.matching_queries=3 .* at most 2") as error:
         model.check_data(data, "train")
     assert "\n" not in str(error.value)
+
+
+def test_a_bad_value_on_the_command_line_is_one_line_before_training(tmp_path):
+    run = cli("fit", "--config", CONFIGS / "metagan_protonet_hanzi_5w1s.yaml", "--model.init_args.matching_queries",
+              "99", cwd=tmp_path)
+    assert run.returncode == 2, run.stderr[-3000:]
+    assert last_line(run.stderr).count("model.init_args.matching_queries=99") == 1
+    assert not list(tmp_path.rglob("*.ckpt"))
 
 
 def test_relation_network_is_adapted_with_log_relation_scores():

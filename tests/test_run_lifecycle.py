@@ -114,6 +114,27 @@ def test_resume_from_another_working_directory(tmp_path, uninterrupted):
     assert_same_run(run, uninterrupted)
 
 
+def test_a_run_whose_schedule_spans_it_resumes_exactly(tmp_path):
+    """``configs/reptile_sinusoid.yaml`` anneals epsilon over the whole run and stops at its ``max_time``; the
+    user's next line is ``fit --ckpt_path last``.  The resumed run ends where an uninterrupted one ends.  (It
+    restarted its data at the first episode while the schedule asked ``trainer.estimated_stepping_batches``
+    when the optimizers were made, before the checkpoint's loader state was restored.)"""
+    total = 600
+    reptile = ["--config", CONFIGS / "reptile_sinusoid.yaml", "--trainer.accelerator", "cpu",
+               "--trainer.max_epochs", "1", "--data.init_args.episodes_per_epoch", total,
+               "--data.init_args.val_episodes", "4", "--data.init_args.test_episodes", "4",
+               "--model.init_args.backbone.init_args.hidden", "[16, 16]", "--trainer.log_every_n_steps", "1"]
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    ok(cli("fit", *reptile, "--trainer.max_time", "null", cwd=tmp_path / "a"))
+    ok(cli("fit", *reptile, "--trainer.max_time", "00:00:00:01", cwd=tmp_path / "b"))
+    runs = [the_run(folder / "runs" / "reptile_sinusoid") for folder in (tmp_path / "a", tmp_path / "b")]
+    assert 0 < stop_step(runs[1]) < total, f"the first fit should stop early, at {stop_step(runs[1])}"
+    ok(cli("fit", *reptile, "--trainer.max_time", "null", "--ckpt_path", "last", cwd=tmp_path / "b"))
+    assert stop_step(runs[1]) == stop_step(runs[0]) == total
+    assert_same_run(runs[1], runs[0])
+
+
 def test_fit_without_a_previous_run_starts_one(tmp_path):
     ok(cli("fit", *SINE, "--trainer.max_steps", "2", "--ckpt_path", "last", cwd=tmp_path))
     assert len(run_folders(experiment(tmp_path))) == 1
